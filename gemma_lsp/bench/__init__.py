@@ -1,0 +1,1 @@
+"""Offline benchmarks that measure completion quality the way an editor sees it."""

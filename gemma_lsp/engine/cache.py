@@ -1,0 +1,90 @@
+"""KV prefix cache: reuse the model state of the longest cached common prefix.
+
+Entries are *moved* out on lookup (pop, crop, extend, put back under the new
+key), never shared, so a cache object is mutated by exactly one generation at a
+time and the LRU's byte accounting, taken at insertion, stays true.
+
+Exactness with sliding-window layers (Gemma 2/3/4): we always build
+`DynamicCache()` without a config, so every layer keeps its full history and
+the model applies the sliding mask itself. Cropping to any earlier length is
+then exact; the price is memory, which is small for FIM-sized prompts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cachetools
+import torch
+from transformers import DynamicCache
+
+
+def cache_bytes(cache: DynamicCache) -> int:
+    """Bytes of K and V tensors held by the cache (what the LRU is bounded by)."""
+    total = 0
+    for layer in cache.layers:
+        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if isinstance(t, torch.Tensor):
+                total += t.numel() * t.element_size()
+    return max(total, 1)
+
+
+def truncate(cache: DynamicCache, length: int) -> None:
+    """Keep the first `length` positions (transformers 5 crops by a negative count to remove)."""
+    extra = cache.get_seq_length() - length
+    if extra > 0:
+        cache.crop(-extra)
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class PrefixCache:
+    """A byte-bounded LRU of (token ids -> DynamicCache holding exactly those ids)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._lru: cachetools.LRUCache[tuple[int, ...], DynamicCache] = cachetools.LRUCache(
+            maxsize=max_bytes, getsizeof=cache_bytes
+        )
+
+    def take(self, ids: Sequence[int]) -> tuple[DynamicCache, int]:
+        """Pop the entry sharing the longest prefix with `ids`, cropped to that prefix.
+
+        Returns a fresh empty cache and 0 when nothing matches.
+        """
+        best_key, best_len = None, 0
+        for key in self._lru.keys():
+            n = common_prefix(key, ids)
+            if n > best_len:
+                best_key, best_len = key, n
+        if best_key is None:
+            return DynamicCache(), 0
+        cache = self._lru.pop(best_key)
+        truncate(cache, best_len)
+        return cache, best_len
+
+    def put(self, ids: Sequence[int], cache: DynamicCache) -> None:
+        """Store `cache`, which must hold the KV of exactly `ids`; drop it if it exceeds the bound."""
+        assert cache.get_seq_length() == len(ids), (cache.get_seq_length(), len(ids))
+        if not ids:
+            return
+        try:
+            self._lru[tuple(ids)] = cache
+        except ValueError:  # larger than the whole bound: keep nothing
+            pass
+
+    def clear(self) -> None:
+        self._lru.clear()
+
+    @property
+    def bytes(self) -> int:
+        return int(self._lru.currsize)
+
+    def __len__(self) -> int:
+        return len(self._lru)

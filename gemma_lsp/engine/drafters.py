@@ -1,0 +1,237 @@
+"""Drafters propose the next tokens; the target model decides.
+
+A drafter never affects *what* is generated, only how many target forwards it
+takes: every proposal is verified by the target (see speculative.py).
+`ctx` is always the full token sequence so far: prompt + generated, ending with
+the token the target chose last (not yet fed to the model).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from .cache import PrefixCache, common_prefix, truncate
+
+
+@dataclass
+class Draft:
+    tokens: list[int]
+    # q(x) for each proposed position, shape [len(tokens), vocab]; None means one-hot
+    # (n-gram and suggestion drafts are deterministic: q = 1 on the proposed token).
+    probs: torch.Tensor | None = None
+
+
+@dataclass
+class DrafterStats:
+    drafted: int = 0
+    accepted: int = 0
+    proposals: int = 0
+
+
+class Drafter(Protocol):
+    name: str
+
+    def propose(self, ctx: Sequence[int], k: int) -> Draft: ...
+
+    def finish(self) -> None: ...
+
+
+class NoDrafter:
+    name = "none"
+
+    def propose(self, ctx: Sequence[int], k: int) -> Draft:
+        return Draft([])
+
+    def finish(self) -> None:
+        pass
+
+
+class NGramDrafter:
+    """Prompt lookup: find the last n tokens (n = max_n..1) earlier in the context, propose what followed.
+
+    The context includes the prompt (extra chunks, suffix, prefix) and the text
+    generated so far, indexed incrementally: O(max_n) dict updates per new token.
+    The latest occurrence wins, so code just written is preferred over old code.
+    """
+
+    name = "ngram"
+
+    def __init__(self, max_n: int = 4, min_n: int = 1) -> None:
+        self.max_n, self.min_n = max_n, min_n
+        self._ends: dict[tuple[int, ...], int] = {}  # n-gram -> index of its last token
+        self._indexed = 0  # n-grams ending before this index are in _ends
+        self._seq: list[int] = []
+
+    def _index(self, ctx: Sequence[int]) -> None:
+        if len(ctx) < len(self._seq) or list(ctx[: len(self._seq)]) != self._seq:
+            self._ends.clear()
+            self._indexed = 0
+        self._seq = list(ctx)
+        # An n-gram ending at j is useful only if a token follows it: j <= len-2.
+        for j in range(self._indexed, len(ctx) - 1):
+            for n in range(self.min_n, self.max_n + 1):
+                if j - n + 1 < 0:
+                    break
+                self._ends[tuple(ctx[j - n + 1 : j + 1])] = j
+        self._indexed = max(self._indexed, len(ctx) - 1)
+
+    def propose(self, ctx: Sequence[int], k: int) -> Draft:
+        if k <= 0 or len(ctx) < 2:
+            return Draft([])
+        self._index(ctx)
+        for n in range(min(self.max_n, len(ctx) - 1), self.min_n - 1, -1):
+            j = self._ends.get(tuple(ctx[-n:]))
+            if j is not None:
+                return Draft(list(ctx[j + 1 : j + 1 + k]))
+        return Draft([])
+
+    def finish(self) -> None:
+        pass
+
+
+class SuggestionDrafter:
+    """Propose the rest of the previous suggestion while generation follows it.
+
+    `expected` is the continuation the target produced last time for this
+    document, re-aligned by the caller to the new prompt (the user typed its
+    first characters). Once the target departs from it, it proposes nothing.
+    """
+
+    name = "suggestion"
+
+    def __init__(self, expected: Sequence[int], prompt_len: int) -> None:
+        self.expected = list(expected)
+        self.prompt_len = prompt_len
+
+    def propose(self, ctx: Sequence[int], k: int) -> Draft:
+        gen = ctx[self.prompt_len :]
+        n = len(gen)
+        if k <= 0 or n > len(self.expected) or list(gen) != self.expected[:n]:
+            return Draft([])
+        return Draft(self.expected[n : n + k])
+
+    def finish(self) -> None:
+        pass
+
+
+class ModelDrafter:
+    """A small model with the same tokenizer drafts greedily (or by sampling), k forwards per proposal.
+
+    It keeps its own KV state and its own prefix cache beside the target's.
+    """
+
+    name = "model"
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        prefix_cache: PrefixCache,
+        temperature: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.model = model
+        self.prefix_cache = prefix_cache
+        self.temperature = temperature
+        self.generator = generator
+        self.device = next(model.parameters()).device
+        self._cache = None
+        self._ids: list[int] = []  # tokens whose KV is in self._cache
+        self.reused_tokens = 0
+
+    def _sync(self, ctx: Sequence[int]) -> torch.Tensor:
+        """Bring the draft KV to ctx[:-1] and return the draft logits after ctx."""
+        if self._cache is None:
+            self._cache, n = self.prefix_cache.take(ctx[:-1])
+            self._ids = list(ctx[:n])
+            self.reused_tokens = n
+        n = min(common_prefix(self._ids, ctx), len(ctx) - 1)
+        if len(self._ids) > n:
+            truncate(self._cache, n)
+            self._ids = self._ids[:n]
+        new = list(ctx[n:])
+        logits = self._forward(new)
+        self._ids.extend(new)
+        return logits
+
+    def _forward(self, ids: list[int]) -> torch.Tensor:
+        x = torch.tensor([ids], device=self.device)
+        out = self.model(input_ids=x, cache=self._cache, use_cache=True, logits_to_keep=1)
+        return out.logits[0, -1].float()
+
+    def propose(self, ctx: Sequence[int], k: int) -> Draft:
+        if k <= 0:
+            return Draft([])
+        logits = self._sync(ctx)
+        tokens: list[int] = []
+        probs: list[torch.Tensor] = []
+        for i in range(k):
+            if self.temperature > 0:
+                q = torch.softmax(logits / self.temperature, -1)
+                t = int(torch.multinomial(q, 1, generator=self.generator))
+                probs.append(q)
+            else:
+                t = int(torch.argmax(logits))
+            tokens.append(t)
+            if i + 1 < k:
+                logits = self._forward([t])
+                self._ids.append(t)
+        return Draft(tokens, torch.stack(probs) if probs else None)
+
+    def finish(self) -> None:
+        if self._cache is not None and self._ids:
+            self.prefix_cache.put(self._ids, self._cache)
+        self._cache, self._ids = None, []
+
+
+class AutoDrafter:
+    """Ask each drafter in order (cheapest first); the first with a proposal drafts this step."""
+
+    name = "auto"
+
+    def __init__(self, drafters: Sequence[Drafter]) -> None:
+        self.drafters = list(drafters)
+        self.last = "none"
+
+    def propose(self, ctx: Sequence[int], k: int) -> Draft:
+        for d in self.drafters:
+            draft = d.propose(ctx, k)
+            if draft.tokens:
+                self.last = d.name
+                return draft
+        self.last = "none"
+        return Draft([])
+
+    def finish(self) -> None:
+        for d in self.drafters:
+            d.finish()
+
+
+@dataclass
+class DraftLength:
+    """Per-(language, drafter) draft length from measured acceptance.
+
+    All k accepted -> k += 2 (code earns long drafts); otherwise k -= 1, within
+    [k_min, k_max]. `acceptance` is an exponential moving average of accepted/proposed.
+    """
+
+    k_init: int = 8
+    k_min: int = 2
+    k_max: int = 16
+    decay: float = 0.8
+    k: dict[tuple[str, str], int] = field(default_factory=dict)
+    acceptance: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    def get(self, key: tuple[str, str]) -> int:
+        return self.k.get(key, self.k_init)
+
+    def update(self, key: tuple[str, str], proposed: int, accepted: int) -> None:
+        if proposed <= 0:
+            return
+        k = self.get(key)
+        self.k[key] = min(self.k_max, k + 2) if accepted == proposed else max(self.k_min, k - 1)
+        rate = accepted / proposed
+        self.acceptance[key] = self.decay * self.acceptance.get(key, rate) + (1 - self.decay) * rate

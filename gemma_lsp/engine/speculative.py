@@ -1,0 +1,304 @@
+"""The speculative decoding loop (greedy exact, sampling by rejection).
+
+One step:  ctx = prompt + generated, whose last token t0 is chosen but not yet fed.
+  draft    d1..dk            = drafter.propose(ctx, k)
+  verify   logits[0..k]      = target([t0, d1..dk])  -- ONE forward, KV appended
+  greedy   accept d_i while d_i == argmax(logits[i-1]); n = accepted count
+           next token        = argmax(logits[n])     -- the target's own token
+  sampling accept d_i with prob min(1, p_i(d_i) / q_i(d_i)); on the first reject,
+           next ~ norm(max(0, p_i - q_i)); if all accepted, next ~ p_k
+  crop     KV back to prompt + generated + t0 + d1..dn   (drop rejected entries)
+
+So greedy speculative output equals plain greedy output token for token (up to
+floating-point differences between a batched and a one-token forward; see
+ARCHITECTURE.md), and sampled output has exactly the target's distribution.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .cache import PrefixCache, truncate
+from .drafters import AutoDrafter, Draft, Drafter, DraftLength, ModelDrafter, NGramDrafter, NoDrafter, SuggestionDrafter
+
+PREFILL_CHUNK = 256  # tokens per prefill forward: a cancel lands between chunks
+
+# Given the tokens generated so far, the allowed next tokens (bool mask over the
+# vocabulary), or None when unconstrained. Used for token healing.
+Constraint = Callable[[Sequence[int]], "torch.Tensor | None"]
+
+DRAFTERS = ("none", "ngram", "suggestion", "model", "auto")
+
+
+@dataclass
+class GenerateRequest:
+    prompt: list[int]
+    max_tokens: int = 64
+    stop_ids: frozenset[int] = frozenset()  # end generation, not included (EOS, FIM tokens)
+    newline_ids: frozenset[int] = frozenset()  # end generation after this token (single-line mode)
+    drafter: str = "auto"
+    suggestion: list[int] | None = None  # expected continuation for the suggestion drafter
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    deadline: float | None = None  # time.monotonic() after which decoding stops
+    stop_event: threading.Event | None = None
+    constraint: Constraint | None = None
+    language: str = ""  # keys the adaptive draft length
+
+
+@dataclass
+class Stats:
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    prefill_ms: float = 0.0
+    decode_ms: float = 0.0
+    target_forwards: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    tokens: int = 0
+    drafter: str = "none"
+    drafted_by: dict[str, list[int]] = field(default_factory=dict)  # name -> [drafted, accepted]
+    draft_reused_tokens: int = 0
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+@dataclass
+class GenerateResult:
+    tokens: list[int]
+    stop_reason: str  # "stop" | "newline" | "max_tokens" | "time" | "cancelled"
+    stats: Stats
+
+
+class Engine:
+    """Owns the target model, an optional draft model, and their prefix caches.
+
+    Not thread-safe: the scheduler calls it from one thread only.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        draft_model: torch.nn.Module | None = None,
+        cache_bytes: int = 2 << 30,
+        draft_cache_bytes: int = 512 << 20,
+    ) -> None:
+        self.model = model.eval()
+        self.draft_model = draft_model.eval() if draft_model is not None else None
+        self.device = next(model.parameters()).device
+        self.cache = PrefixCache(cache_bytes)
+        self.draft_cache = PrefixCache(draft_cache_bytes)
+        self.draft_length = DraftLength()
+
+    # --- drafters -------------------------------------------------------------------
+
+    def make_drafter(self, req: GenerateRequest, generator: torch.Generator | None) -> Drafter:
+        name = req.drafter
+        if name not in DRAFTERS:
+            raise ValueError(f"unknown drafter {name!r}; choose one of {', '.join(DRAFTERS)}")
+        suggestion = SuggestionDrafter(req.suggestion or [], len(req.prompt))
+        model = None
+        if self.draft_model is not None:
+            model = ModelDrafter(self.draft_model, self.draft_cache, req.temperature, generator)
+        if name == "none":
+            return NoDrafter()
+        if name == "ngram":
+            return NGramDrafter()
+        if name == "suggestion":
+            return suggestion
+        if name == "model":
+            if model is None:
+                raise ValueError("drafter 'model' needs a draft model (set draftModel / --draft-model)")
+            return model
+        chain: list[Drafter] = [suggestion, NGramDrafter()] + ([model] if model is not None else [])
+        return AutoDrafter(chain)
+
+    # --- forward passes ---------------------------------------------------------------
+
+    def _forward(self, ids: Sequence[int], cache, all_logits: bool) -> torch.Tensor:
+        x = torch.tensor([list(ids)], device=self.device)
+        out = self.model(input_ids=x, cache=cache, use_cache=True, logits_to_keep=0 if all_logits else 1)
+        return out.logits[0].float()
+
+    # --- the loop ------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def generate(self, req: GenerateRequest) -> GenerateResult:
+        if not req.prompt:
+            raise ValueError("empty prompt")
+        stats = Stats(prompt_tokens=len(req.prompt))
+        generator = None
+        if req.temperature > 0:
+            generator = torch.Generator(device="cpu")
+            generator.manual_seed(req.seed if req.seed is not None else int(time.time_ns() % (1 << 63)))
+        drafter = self.make_drafter(req, generator)
+        stats.drafter = drafter.name
+
+        def stopped() -> str | None:
+            if req.stop_event is not None and req.stop_event.is_set():
+                return "cancelled"
+            if req.deadline is not None and time.monotonic() > req.deadline:
+                return "time"
+            return None
+
+        # Prefill: reuse the longest cached prefix, keep >= 1 token to get the next logits.
+        t0 = time.perf_counter()
+        cache, reused = self.cache.take(req.prompt)
+        if reused >= len(req.prompt):
+            reused = len(req.prompt) - 1
+            truncate(cache, reused)
+        stats.reused_tokens = reused
+        cached: list[int] = list(req.prompt[:reused])  # tokens whose KV is in `cache`
+        logits = None
+        reason: str | None = None
+        for s in range(reused, len(req.prompt), PREFILL_CHUNK):
+            if (reason := stopped()) is not None:
+                break
+            chunk = req.prompt[s : s + PREFILL_CHUNK]
+            logits = self._forward(chunk, cache, all_logits=False)[-1]
+            cached.extend(chunk)
+            stats.target_forwards += 1
+        stats.prefill_ms = (time.perf_counter() - t0) * 1e3
+
+        out: list[int] = []
+        t1 = time.perf_counter()
+        if reason is None:
+            assert logits is not None
+            reason = self._decode(req, drafter, generator, cache, cached, logits, out, stats, stopped)
+        drafter.finish()
+        if isinstance(drafter, (ModelDrafter, AutoDrafter)):
+            stats.draft_reused_tokens = _draft_reuse(drafter)
+        stats.decode_ms = (time.perf_counter() - t1) * 1e3
+        stats.tokens = len(out)
+        self.cache.put(cached, cache)
+        return GenerateResult(out, reason, stats)
+
+    def _decode(self, req, drafter, generator, cache, cached, logits, out, stats, stopped) -> str:
+        """Append tokens to `out` until a stop; keep `cache` holding exactly `cached`."""
+        ctx = list(req.prompt)
+        lang = req.language or "text"
+        nxt = self._pick(logits, req, generator, out)
+        while True:
+            # Emit the target's chosen token.
+            if nxt in req.stop_ids:
+                return "stop"
+            out.append(nxt)
+            ctx.append(nxt)
+            if nxt in req.newline_ids:
+                return "newline"
+            if len(out) >= req.max_tokens:
+                return "max_tokens"
+            if (reason := stopped()) is not None:
+                return reason
+            # Draft (never while a constraint is active, nor past max_tokens).
+            draft = Draft([])
+            room = req.max_tokens - len(out)
+            constrained = req.constraint is not None and req.constraint(out) is not None
+            name = getattr(drafter, "last", drafter.name)
+            if not constrained:
+                k = min(self.draft_length.get((lang, drafter.name)), room)
+                draft = drafter.propose(ctx, k)
+                name = getattr(drafter, "last", drafter.name)
+                if name != drafter.name:  # auto: adapt to the drafter actually used
+                    draft.tokens = draft.tokens[: min(self.draft_length.get((lang, name)), room)]
+                    if draft.probs is not None:
+                        draft.probs = draft.probs[: len(draft.tokens)]
+            # Verify [nxt, d1..dk] in one forward.
+            feed = [nxt] + draft.tokens
+            logits = self._forward(feed, cache, all_logits=True)
+            cached.extend(feed)
+            stats.target_forwards += 1
+            n_acc, nxt = self._accept(logits, draft, req, generator, out)
+            if draft.tokens:
+                stats.drafted += len(draft.tokens)
+                stats.accepted += n_acc
+                by = stats.drafted_by.setdefault(name, [0, 0])
+                by[0] += len(draft.tokens)
+                by[1] += n_acc
+                self.draft_length.update((lang, name), len(draft.tokens), n_acc)
+            # Drop the KV of rejected draft tokens.
+            keep = len(cached) - (len(draft.tokens) - n_acc)
+            if keep < len(cached):
+                truncate(cache, keep)
+                del cached[keep:]
+            # Emit accepted draft tokens; they are the target's own choices, so they
+            # may hit a stop. Extra KV beyond `out` is harmless: `cached` names it exactly.
+            for t in draft.tokens[:n_acc]:
+                if t in req.stop_ids:
+                    return "stop"
+                out.append(t)
+                ctx.append(t)
+                if t in req.newline_ids:
+                    return "newline"
+                if len(out) >= req.max_tokens:
+                    return "max_tokens"
+
+    def _pick(self, logits: torch.Tensor, req: GenerateRequest, generator, out: list[int]) -> int:
+        """The target's own next token from one row of logits (greedy or sampled)."""
+        logits = self._constrain(logits, req, out)
+        if req.temperature <= 0:
+            return int(torch.argmax(logits))
+        return int(torch.multinomial(self._probs(logits, req), 1, generator=generator))
+
+    def _accept(self, logits: torch.Tensor, draft: Draft, req, generator, out: list[int]) -> tuple[int, int]:
+        """Return (number of draft tokens accepted, the target's next token)."""
+        d = draft.tokens
+        if req.temperature <= 0:
+            # Greedy: the target's argmax at every verified position, compared at once.
+            if not d:
+                return 0, self._pick(logits[0], req, generator, out)
+            preds = torch.argmax(logits, dim=-1).tolist()
+            n = 0
+            while n < len(d) and d[n] == preds[n]:
+                n += 1
+            return n, self._pick(logits[n], req, generator, out + d[:n])
+        for i, t in enumerate(d):
+            p = self._probs(logits[i], req)
+            q_t = 1.0 if draft.probs is None else float(draft.probs[i, t])
+            r = float(torch.rand((), generator=generator))
+            if q_t > 0 and r < min(1.0, float(p[t]) / q_t):
+                continue
+            # Reject: resample from norm(max(0, p - q)); one-hot q just zeroes p[t].
+            q = torch.zeros_like(p)
+            if draft.probs is None:
+                q[t] = 1.0
+            else:
+                q = draft.probs[i].to(p)
+            resid = torch.clamp(p - q, min=0)
+            if float(resid.sum()) <= 0:
+                resid = p
+            return i, int(torch.multinomial(resid / resid.sum(), 1, generator=generator))
+        return len(d), self._pick(logits[len(d)], req, generator, out + d)
+
+    def _constrain(self, logits: torch.Tensor, req: GenerateRequest, out: list[int]) -> torch.Tensor:
+        if req.constraint is None:
+            return logits
+        mask = req.constraint(out)
+        if mask is None:
+            return logits
+        return logits.masked_fill(~mask.to(logits.device), float("-inf"))
+
+    @staticmethod
+    def _probs(logits: torch.Tensor, req: GenerateRequest) -> torch.Tensor:
+        """Target distribution: softmax(logits / T), restricted to the top-p nucleus."""
+        p = torch.softmax(logits / req.temperature, dim=-1)
+        if req.top_p < 1.0:
+            sp, idx = torch.sort(p, descending=True)
+            keep = torch.cumsum(sp, 0) - sp < req.top_p  # smallest set with mass >= top_p
+            mask = torch.zeros_like(p, dtype=torch.bool)
+            mask[idx[keep]] = True
+            p = torch.where(mask, p, torch.zeros_like(p))
+            p = p / p.sum()
+        return p
+
+
+def _draft_reuse(drafter: Drafter) -> int:
+    ds = drafter.drafters if isinstance(drafter, AutoDrafter) else [drafter]
+    return sum(d.reused_tokens for d in ds if isinstance(d, ModelDrafter))

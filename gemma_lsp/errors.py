@@ -1,0 +1,14 @@
+"""Errors a user can act on.
+
+Every failure that a user can fix (a missing package, a wrong path, a full disk)
+is raised as `GemmaLspError` with the fix in the message, so the CLI can print it
+without a traceback and exit non-zero, and the server can answer it as an error.
+"""
+
+
+class GemmaLspError(Exception):
+    """An error whose message tells the user what to do."""
+
+
+class ModelError(GemmaLspError):
+    """A model could not be found, verified, converted or loaded."""
