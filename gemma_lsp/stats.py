@@ -1,0 +1,57 @@
+"""Cumulative counters for `gemma/stats` (a fixed contract: see design.md)."""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+from .engine import Stats
+
+
+def _percentile(xs: list[float], q: float) -> float:
+    if not xs:
+        return 0.0
+    s = sorted(xs)
+    k = min(len(s) - 1, max(0, round(q * (len(s) - 1))))
+    return round(s[k], 1)
+
+
+@dataclass
+class ServerStats:
+    completions: int = 0
+    prompt_tokens: int = 0
+    reused_tokens: int = 0
+    tokens: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    target_forwards: int = 0
+    cancelled: int = 0
+    typed_through: int = 0
+    errors: int = 0
+    latencies: deque = field(default_factory=lambda: deque(maxlen=2000))
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def add(self, s: Stats, latency_ms: float, typed_through: bool = False) -> None:
+        with self.lock:
+            self.completions += 1
+            self.typed_through += int(typed_through)
+            self.prompt_tokens += s.prompt_tokens
+            self.reused_tokens += s.reused_tokens
+            self.tokens += s.tokens
+            self.drafted += s.drafted
+            self.accepted += s.accepted
+            self.target_forwards += s.target_forwards
+            self.latencies.append(latency_ms)
+
+    def snapshot(self) -> dict[str, object]:
+        with self.lock:
+            lat = list(self.latencies)
+            return {
+                "completions": self.completions, "prompt_tokens": self.prompt_tokens,
+                "reused_tokens": self.reused_tokens, "tokens": self.tokens, "drafted": self.drafted,
+                "accepted": self.accepted, "target_forwards": self.target_forwards, "cancelled": self.cancelled,
+                "typed_through": self.typed_through, "errors": self.errors,
+                "latency_ms": {"p50": _percentile(lat, 0.5), "p95": _percentile(lat, 0.95),
+                               "last": round(lat[-1], 1) if lat else 0.0},
+            }

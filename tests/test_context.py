@@ -1,0 +1,310 @@
+"""context: prefix/suffix windows, secret files, the ring of other files' chunks."""
+
+from __future__ import annotations
+
+import pytest
+
+from gemma_lsp import context
+from gemma_lsp.context import STEP, ContextRing, is_secret, windows
+from gemma_lsp.text import line_starts as _line_starts
+
+
+def words(s: str) -> int:
+    return len(s.split())
+
+
+def chars(s: str) -> int:
+    return len(s)
+
+
+def numbered(n: int, eol: str = "\n") -> str:
+    return "".join(f"line{i} a b c{eol}" for i in range(n))
+
+
+def line_index(text: str, pos: int) -> int:
+    """Line number of a line start `pos` under LSP rules."""
+    starts = _line_starts(text)
+    assert pos in starts, f"{pos} is not a line start"
+    return starts.index(pos)
+
+
+# --- windows: basic contract ----------------------------------------------------------
+
+
+def test_small_file_fits_whole():
+    text = "def f():\n    return 1\n\nprint(f())\n"
+    off = text.index("return") + 3
+    pre, suf = windows(text, off, words, 1000, 1000)
+    assert pre == text[:off]
+    assert suf == text[off:]
+
+
+@pytest.mark.parametrize("count", [words, chars])
+def test_prefix_ends_and_suffix_starts_at_cursor(count):
+    text = numbered(200)
+    off = text.index("line100 a") + 7
+    pre, suf = windows(text, off, count, 120, 60)
+    assert text[off - len(pre) : off] == pre
+    assert text[off : off + len(suf)] == suf
+    assert count(pre) <= 120
+    assert count(suf) <= 60
+    assert pre and suf
+
+
+def test_budget_and_step_alignment():
+    text = numbered(200)  # 4 words a line
+    off = text.index("line100 a") + 5
+    pre, suf = windows(text, off, words, 100, 40)
+    begin = off - len(pre)
+    assert line_index(text, begin) % STEP == 0
+    # the earliest aligned block that fits: line 96 fits (4 lines + part), line 80 -> 20 lines = 81 words fits,
+    # line 64 -> 36 lines*4 + 1 = 145 words does not
+    assert line_index(text, begin) == 80
+    assert words(pre) == 20 * 4 + 1
+    # suffix: to line 112 is the rest of line 100 + 11 lines = 4 + 44 = 48 words > 40, so it falls
+    # back to the rest of the cursor line
+    assert suf == text[off : text.index("line101 ")]
+
+
+def test_suffix_takes_latest_aligned_end_that_fits():
+    text = numbered(200)
+    off = text.index("line100 a") + 5
+    _, suf = windows(text, off, words, 100, 200)
+    end = off + len(suf)
+    # 112: 4 + 11*4 = 48; 128: 112; 144: 176; 160: 240 > 200
+    assert line_index(text, end) == 144
+    assert words(suf) == 176
+
+
+def test_suffix_runs_to_end_of_text_when_it_fits():
+    text = numbered(20)
+    off = text.index("line3 ")
+    _, suf = windows(text, off, words, 100, 1000)
+    assert suf == text[off:]
+
+
+def test_cursor_at_start_and_end():
+    text = numbered(40)
+    pre, suf = windows(text, 0, words, 50, 50)
+    assert pre == ""
+    # to line 16 is 64 words > 50: only the cursor line's rest
+    assert suf == "line0 a b c\n"
+    _, suf = windows(text, 0, words, 50, 64)
+    assert suf == text[: text.index("line16 ")]
+    pre, suf = windows(text, len(text), words, 50, 50)
+    assert suf == ""
+    assert text.endswith(pre)
+    assert words(pre) <= 50
+
+
+def test_zero_budgets():
+    text = numbered(40)
+    off = text.index("line20")
+    pre, suf = windows(text, off, chars, 0, 0)
+    assert (pre, suf) == ("", "")
+
+
+# --- windows: stability while typing ---------------------------------------------------
+
+
+@pytest.mark.parametrize("count", [words, chars])
+def test_typing_keeps_window_start_and_suffix(count):
+    base = numbered(300)
+    off = base.index("line150 a b c") + len("line150 a b c")
+    budget_pre = count(base[base.index("line128 ") : off]) + 40  # room to type
+    budget_suf = 80
+    pre0, suf0 = windows(base, off, count, budget_pre, budget_suf)
+    begin0 = off - len(pre0)
+    assert line_index(base, begin0) == 128
+    text = base
+    typed = " = foo(bar, baz)"
+    for i, ch in enumerate(typed):
+        text = text[:off] + ch + text[off:]
+        off += 1
+        pre, suf = windows(text, off, count, budget_pre, budget_suf)
+        assert off - len(pre) == begin0, f"prefix start moved after typing {typed[: i + 1]!r}"
+        assert pre == pre0 + typed[: i + 1]
+        assert suf == suf0
+
+
+def test_window_start_only_jumps_by_whole_steps():
+    text = numbered(300)
+    off = text.index("line200 ")
+    seen = set()
+    for budget in range(STEP * 4 + 1, 400, 7):  # at least one whole block fits
+        pre, _ = windows(text, off, words, budget, 10)
+        seen.add(line_index(text, off - len(pre)))
+    assert seen and all(n % STEP == 0 for n in seen)
+
+
+# --- windows: line endings ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("eol", ["\n", "\r\n", "\r"])
+def test_line_endings_are_lsp_ones(eol):
+    text = numbered(100, eol)
+    assert len(_line_starts(text)) == 101
+    off = text.index("line50 a") + 6
+    pre, suf = windows(text, off, words, 60, 30)
+    # 60 words from line 50: from line 48 -> 2 lines + 1 word = 9; from 32 -> 18*4+1 = 73 > 60
+    assert pre == text[text.index("line48 ") : off]
+    # to line 64: 3 + 13*4 = 55 > 30 -> the rest of the cursor line, with its line end
+    assert suf == " a b c" + eol
+    _, suf = windows(text, off, words, 60, 55)
+    assert suf == text[off : text.index("line64 ")]
+
+
+def test_crlf_is_one_break():
+    assert _line_starts("a\r\nb\rc\nd") == [0, 3, 5, 7]
+    assert _line_starts("\r\n\r\n") == [0, 2, 4]
+    assert _line_starts("\n\r") == [0, 1, 2]  # LF then CR: two breaks
+
+
+@pytest.mark.parametrize("sep", ["\x0c", "\u2028", "\u2029", "\x0b", "\x85", "\x1c"])
+def test_other_separators_are_not_line_breaks(sep):
+    assert _line_starts(f"a{sep}b{sep}c\nd") == [0, 6]
+    # windows count lines as LSP does: were `sep` a break, line 16 would be line 32 and the
+    # aligned start would land elsewhere
+    text = "".join(f"l{i:02d}{sep}x\n" for i in range(40))  # 40 LSP lines of 6 chars
+    off = text.index("l20")
+    pre, suf = windows(text, off, chars, 30, 100)  # to line 32: 72 chars; to the end: 120
+    assert pre == text[text.index("l16") :off]
+    assert suf == text[off : text.index("l32")]
+
+
+# --- windows: a huge single line ----------------------------------------------------------
+
+
+def test_huge_single_line_falls_back_within_budget():
+    text = "x = [" + ", ".join(str(i) for i in range(20000)) + "]\n"
+    off = len(text) - 2
+    calls = 0
+
+    def counting(s: str) -> int:
+        nonlocal calls
+        calls += 1
+        return len(s)
+
+    pre, suf = windows(text, off, counting, 1000, 100)
+    assert 0 < len(pre) <= 1000
+    assert len(pre) > 1000 - 256  # the 256-char step that fits, not much less
+    assert (off - len(pre)) % 256 == 0
+    assert pre == text[off - len(pre) : off]
+    assert suf == "]\n"
+    assert calls < 60  # binary search, not a scan of the line
+
+
+def test_huge_line_start_is_stable_while_typing():
+    text = "s = '" + "abcdefghij" * 5000
+    off = len(text)
+    pre0, _ = windows(text, off, chars, 2000, 100)
+    begin0 = off - len(pre0)
+    for ch in "klmnop":
+        text += ch
+        off += 1
+        pre, _ = windows(text, off, chars, 2000, 100)
+        if off - len(pre) != begin0:
+            assert (off - len(pre)) - begin0 == 256  # moves only by whole steps
+            begin0 = off - len(pre)
+
+
+def test_huge_line_in_middle_of_file():
+    text = numbered(20) + "y = '" + "z" * 10000 + "'\n" + numbered(5)
+    off = text.index("'\n", 20) + 1
+    pre, suf = windows(text, off, chars, 500, 50)
+    assert len(pre) <= 500 and pre
+    assert text[off - len(pre) : off] == pre
+    assert suf == "\n"  # the next aligned boundary's text is too long; the cursor line's rest fits
+
+
+# --- is_secret -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        ".env", ".env.local", "prod.env", "x.pem", "id_rsa", "id_ed25519.pub", "/home/u/.ssh/config",
+        ".aws/credentials", ".npmrc", "/proj/.env", "C:\\Users\\u\\.ssh\\known_hosts", "/p/server.key",
+        "/p/.netrc", "/p/.pypirc", "/p/.git-credentials", "/home/u/.docker/config.json", "/p/.envrc",
+        "/p/.ENV", "/p/db.kdbx",
+    ],
+)
+def test_secret(path):
+    assert is_secret(path) is True
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "main.py", "environment.py", "keys.py", "README.md", "/proj/src/env.py", "/p/envs/dev.yaml",
+        "/p/keyboard.c", "/p/pem_utils.py", "/p/credentials_test.go", "/p/ssh/client.py", "",
+    ],
+)
+def test_not_secret(path):
+    assert is_secret(path) is False
+
+
+# --- ContextRing ------------------------------------------------------------------------------
+
+
+def test_ring_secret_never_in_extras():
+    ring = ContextRing()
+    ring.offer("file:///p/a.py", "/p/a.py", "python", "A = 1\n")
+    ring.offer("file:///p/.env", "/p/.env", "dotenv", "TOKEN=hunter2\n")
+    ring.offer("file:///h/.ssh/config", "/h/.ssh/config", "ssh", "Host x\n")
+    out = ring.extras("file:///p/cur.py", chars, 10_000)
+    assert out == [("a.py", "A = 1\n")]
+    assert all("hunter2" not in t for _, t in out)
+
+
+def test_ring_secret_replaces_earlier_chunk_of_same_uri():
+    ring = ContextRing()
+    ring.offer("u1", "/p/notes.txt", "text", "hello\n")
+    ring.offer("u1", "/p/.env", "dotenv", "K=v\n")  # renamed to a secret: the old chunk goes too
+    assert ring.extras("cur", chars, 1000) == []
+
+
+def test_ring_oldest_first_excludes_current_and_budget():
+    ring = ContextRing(max_files=6)
+    for i in range(4):
+        ring.offer(f"u{i}", f"/p/f{i}.py", "python", f"v{i} = {i}\n")
+    assert [p for p, _ in ring.extras("cur", chars, 10_000)] == ["f0.py", "f1.py", "f2.py", "f3.py"]
+    assert [p for p, _ in ring.extras("u2", chars, 10_000)] == ["f0.py", "f1.py", "f3.py"]
+    # each chunk costs len(text) + 8 = 15: a budget of 31 keeps the two newest, still oldest first
+    assert [p for p, _ in ring.extras("cur", chars, 31)] == ["f2.py", "f3.py"]
+    assert ring.extras("cur", chars, 14) == []
+
+
+def test_ring_reoffer_identical_does_not_reorder_but_change_does():
+    ring = ContextRing()
+    ring.offer("a", "/p/a.py", "python", "a = 1\n")
+    ring.offer("b", "/p/b.py", "python", "b = 1\n")
+    ring.offer("a", "/p/a.py", "python", "a = 1\n")
+    assert [p for p, _ in ring.extras("cur", chars, 1000)] == ["a.py", "b.py"]
+    ring.offer("a", "/p/a.py", "python", "a = 2\n")
+    assert ring.extras("cur", chars, 1000) == [("b.py", "b = 1\n"), ("a.py", "a = 2\n")]
+
+
+def test_ring_max_files_and_forget_and_blank():
+    ring = ContextRing(max_files=2)
+    for i in range(3):
+        ring.offer(f"u{i}", f"/p/f{i}.py", "python", f"v{i}\n")
+    assert [p for p, _ in ring.extras("cur", chars, 1000)] == ["f1.py", "f2.py"]
+    ring.forget("u1")
+    ring.offer("blank", "/p/blank.py", "python", "\n\n")
+    assert [p for p, _ in ring.extras("cur", chars, 1000)] == ["f2.py"]
+
+
+def test_ring_chunk_is_window_around_line():
+    ring = ContextRing(max_lines=10)
+    text = "".join(f"l{i}\n" for i in range(100))
+    ring.offer("u", "/p/big.py", "python", text, line=50)
+    [(_, chunk)] = ring.extras("cur", chars, 10_000)
+    assert chunk == "".join(f"l{i}\n" for i in range(45, 55))
+    ring.offer("u", "/p/big.py", "python", text, line=99)
+    [(_, chunk)] = ring.extras("cur", chars, 10_000)
+    assert chunk == "".join(f"l{i}\n" for i in range(90, 100))
+
+
+def test_step_is_positive_int():
+    assert isinstance(context.STEP, int) and context.STEP >= 1

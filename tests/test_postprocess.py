@@ -1,0 +1,156 @@
+"""postprocess: only ever remove what the model wrote past the useful point; never damage a good answer."""
+
+from __future__ import annotations
+
+import pytest
+
+from gemma_lsp.postprocess import postprocess, single_line_wanted
+
+# --- single_line_wanted ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "line_suffix, mode, want",
+    [
+        (")", "auto", True),
+        ("  # note", "auto", True),
+        ("", "auto", False),
+        ("   \t", "auto", False),
+        ("", "always", True),
+        (")", "never", False),
+    ],
+)
+def test_single_line_wanted(line_suffix, mode, want):
+    assert single_line_wanted(line_suffix, mode) is want
+
+
+# --- rules ------------------------------------------------------------------------------------
+
+
+def test_single_line_cut():
+    assert postprocess("a + b\n    return c\n", "    x = ", "\n", single_line=True) == "a + b"
+
+
+def test_single_line_cut_crlf():
+    assert postprocess("a + b\r\n    return c", "    x = ", "\r\n", single_line=True) == "a + b"
+
+
+def test_inside_call_retyped_closer_is_cut():
+    assert postprocess("a, b)", "foo(", ")\n", single_line=True) == "a, b"
+
+
+def test_inside_call_retyped_rest_of_line_is_cut():
+    assert postprocess("a, b):", "def foo(", "):\n    pass\n", single_line=True) == "a, b"
+    assert postprocess("1, 2]", "xs = [", "]\n", single_line=True) == "1, 2"
+    assert postprocess("x))", "print(len(", "))\n", single_line=True) == "x"
+
+
+def test_surplus_closer_only_when_suffix_has_it():
+    assert postprocess("x)", "print(len(", "))\n", single_line=True) == "x"
+    # no closer after the cursor: the model's ")" is needed
+    assert postprocess("x)", "print(", "\n", single_line=True) == "x)"
+
+
+@pytest.mark.parametrize(
+    "raw, line_prefix, suffix",
+    [
+        # a balanced call inside a call: the ")" it ends with is its own, not the suffix's
+        ("len(x)", "print(", ")\n"),
+        ("foo(a, b)", "result = wrap(", ")\n"),
+        ("xs[0]", "total = sum(", ")\n"),
+        ("d[k]", "print(", ")\n"),
+        ('"hello"', "print(", ")\n"),
+    ],
+)
+def test_balanced_completion_before_closer_is_kept(raw, line_prefix, suffix):
+    assert postprocess(raw, line_prefix, suffix, single_line=True) == raw
+
+
+def test_multiline_repeating_suffix_is_cut():
+    suffix = "\n    return total\n\n\ndef main():\n    pass\n"
+    raw = "\n    for x in xs:\n        total += x\n    return total\n\n\ndef main():\n"
+    assert postprocess(raw, "    total = 0", suffix, single_line=False) == "\n    for x in xs:\n        total += x"
+
+
+def test_multiline_short_repeated_line_needs_a_run():
+    # "}" alone is too short to trust; "}" followed by the suffix's next line is a repeat
+    suffix = "\n}\n\nint main() {\n"
+    raw = "\n    if (x) {\n        y();\n    }\n    return 0;\n}\n\nint main() {"
+    assert postprocess(raw, "int f(int x) {", suffix, single_line=False) == (
+        "\n    if (x) {\n        y();\n    }\n    return 0;"
+    )
+
+
+def test_dedent_cuts_before_new_top_level_def():
+    raw = "return a + b\n\n\ndef other():\n    return 0\n"
+    assert postprocess(raw, "    ", "", single_line=False) == "return a + b"
+
+
+def test_dedent_keeps_nested_blocks():
+    raw = "for x in xs:\n        if x:\n            yield x\n    return None"
+    assert postprocess(raw, "    ", "\n", single_line=False) == raw
+
+
+def test_dedent_from_blank_line_at_column_zero():
+    raw = "    return 1\ndef g():\n    pass"
+    assert postprocess(raw, "", "", single_line=False) == "    return 1"
+
+
+@pytest.mark.parametrize("raw", ["", " ", "\n\n", "   \n\t\n  "])
+def test_whitespace_only_is_empty(raw):
+    assert postprocess(raw, "    ", "", single_line=False) == ""
+    assert postprocess(raw, "    ", "", single_line=True) == ""
+
+
+def test_truncated_multiline_drops_unfinished_last_line():
+    raw = "a = 1\n    b = compute(x,"
+    assert postprocess(raw, "    ", "", single_line=False, truncated=True) == "a = 1"
+
+
+def test_truncated_multiline_ending_in_newline_keeps_last_line():
+    raw = "a = 1\n    b = 2\n"
+    assert postprocess(raw, "    ", "", single_line=False, truncated=True) == "a = 1\n    b = 2"
+
+
+def test_truncated_single_line_keeps_partial_line():
+    assert postprocess("foo(a, b", "x = ", "", single_line=True, truncated=True) == "foo(a, b"
+    assert postprocess("foo(a, b", "x = ", "", single_line=False, truncated=True) == "foo(a, b"
+
+
+def test_trailing_whitespace_is_trimmed():
+    assert postprocess("x + 1   \n", "    return ", "\n", single_line=False) == "x + 1"
+
+
+# --- correct answers pass through untouched -------------------------------------------------------
+
+GOOD = [
+    # (raw, line_prefix, suffix, single_line)
+    ("return sorted(set(xs))", "    ", "\n\n\ndef main():\n    pass\n", False),
+    (
+        "\n    result = []\n    for item in items:\n        if item.ok:\n            result.append(item.value)\n    return result",
+        "def collect(items):",
+        "\n\n\nclass Item:\n    pass\n",
+        False,
+    ),
+    ("n * factorial(n - 1)", "    return ", "\n", True),
+    ("self.name = name", "        ", "\n        self.age = age\n", False),
+    (
+        "with open(path) as f:\n        return json.load(f)",
+        "    ",
+        "\n\n\ndef save(path, data):\n    ...\n",
+        False,
+    ),
+    ("key=lambda p: p.age", "people.sort(", ")\n", True),
+    ("[x * x for x in range(10)]", "squares = ", "\n", True),
+    ('f"{name}: {value!r}"', "    return ", "\n", True),
+    ("if not xs:\n        raise ValueError(\"empty\")\n    return xs[0]", "    ", "\n", False),
+    ("ing", "    return self.nam", "\n", True),  # finishing an identifier (healed text already stripped)
+    ("\n    pass", "def f():", "\n", False),
+    ("a, b = b, a + b", "        ", "\n    return a\n", False),
+]
+
+
+@pytest.mark.parametrize("raw, line_prefix, suffix, single", GOOD)
+def test_good_completion_unchanged(raw, line_prefix, suffix, single):
+    assert postprocess(raw, line_prefix, suffix, single) == raw
+    assert postprocess(raw, line_prefix, suffix, single, truncated=False) == raw
