@@ -12,14 +12,33 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--max-tokens", type=int, default=96)
     s.add_argument("--model")
-    s.add_argument("--dtype", default="auto")
+    s.add_argument("--draft-model", help="draft model (same tokenizer); adds the `model` drafter to the default list")
+    s.add_argument("--dtype", default="auto", help="auto | bfloat16 | float32 | float16 (float32 shows exactness)")
     s.add_argument("--device", default="auto")
-    s.add_argument("--drafters", default="none,ngram,auto")
+    s.add_argument("--drafters", default=None,
+                   help="comma-separated (default none,ngram,auto; plus model with --draft-model); none is always run")
     s.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    s.add_argument("--device-script", action="store_true",
+                   help="print a ready-to-run shell script for a GPU machine (--device cuda --tasks 40) and exit")
     t = sub.add_parser("typing", help="replay typing a file over real LSP stdio; keystroke latency and reuse")
     t.add_argument("file", nargs="?", help="file to type (default: a HumanEval solution)")
     t.add_argument("--chars", type=int, default=120, help="characters to type")
+    t.add_argument("--start-line", type=int, default=None,
+                   help="with FILE: 1-based line where typing starts (default: the middle of the file)")
+    t.add_argument("--keep-suffix", action="store_true",
+                   help="with FILE: keep the text after the typed part in the document (default: typing at its end)")
+    t.add_argument("--problem", default="HumanEval/0", help="HumanEval problem typed when no FILE is given")
+    t.add_argument("--cps", type=float, default=None,
+                   help="type at this many characters per second without awaiting answers (server supersedes); "
+                        "default: await each answer before the next keystroke")
     t.add_argument("--model")
+    t.add_argument("--draft-model")
+    t.add_argument("--drafter", help="server drafter setting (default: the server's, auto)")
+    t.add_argument("--max-tokens", type=int, help="server maxTokens (default: the server's)")
+    t.add_argument("--dtype", help="server dtype (default: the server's)")
+    t.add_argument("--device", help="server device (default: the server's)")
+    t.add_argument("--time-budget-ms", type=int, help="server timeBudgetMs (default: the server's)")
+    t.add_argument("--server-log", metavar="FILE", help="write the server's stderr to FILE")
     t.add_argument("--json", metavar="FILE")
 
 

@@ -117,7 +117,8 @@ function M.stats(cb)
     cb('gemma-lsp is not running (open a file of a configured filetype)', nil)
     return
   end
-  client:request('gemma/stats', nil, function(err, result)
+  -- Params must be an object: without them pygls rejects the request (-32602).
+  client:request('gemma/stats', vim.empty_dict(), function(err, result)
     cb(err and (err.message or vim.inspect(err)) or nil, result)
   end)
 end
@@ -146,6 +147,47 @@ local function map_keys(bufnr)
   end
 end
 
+--- The text an item inserts (textEdit.newText, else insertText), or nil for snippets.
+local function item_text(item)
+  if item.insertTextFormat == 2 then
+    return nil
+  end
+  local text = item.textEdit and item.textEdit.newText or item.insertText
+  return type(text) == 'string' and text ~= '' and text or nil
+end
+
+--- vim.lsp.completion `convert`: Neovim 0.11 makes a plain-text textEdit's complete-item
+--- word only its first WORD (newText:match('^%S*')), so accepting `a + b` inserted `a`.
+--- The word is the whole first line; on_complete_done inserts any further lines.
+function M.complete_item(item)
+  local text = item_text(item)
+  if not text then
+    return {}
+  end
+  return { word = text:match('^[^\n]*') }
+end
+
+--- CompleteDone: inserts the lines after the first of an accepted multi-line item.
+function M.on_complete_done(bufnr)
+  local ci = vim.v.completed_item
+  local reason = vim.v.event and vim.v.event.reason
+  if reason and reason ~= 'accept' then
+    return
+  end
+  local item = vim.tbl_get(ci or {}, 'user_data', 'nvim', 'lsp', 'completion_item')
+  local client_id = vim.tbl_get(ci or {}, 'user_data', 'nvim', 'lsp', 'client_id')
+  local client = client_id and vim.lsp.get_client_by_id(client_id)
+  local text = item and item_text(item)
+  if not (client and client.name == M.name and text and text:find('\n')) then
+    return
+  end
+  local lines = vim.split(text, '\n', { plain = true })
+  lines[1] = ''
+  local row, col = unpack(vim.api.nvim_win_get_cursor(0))
+  vim.api.nvim_buf_set_text(bufnr, row - 1, col, row - 1, col, lines)
+  vim.api.nvim_win_set_cursor(0, { row - 1 + #lines, #lines[#lines] })
+end
+
 --- LspAttach handler (exposed for tests).
 function M.on_attach(client, bufnr)
   local c = M.config
@@ -156,7 +198,14 @@ function M.on_attach(client, bufnr)
   end
   local popup = c.completion == true or (c.completion == 'auto' and not inline)
   if popup and vim.lsp.completion then
-    vim.lsp.completion.enable(true, client.id, bufnr, { autotrigger = true })
+    vim.lsp.completion.enable(true, client.id, bufnr, { autotrigger = true, convert = M.complete_item })
+    vim.api.nvim_create_autocmd('CompleteDone', {
+      group = vim.api.nvim_create_augroup('gemma_lsp_complete_' .. bufnr, { clear = true }),
+      buffer = bufnr,
+      callback = function()
+        M.on_complete_done(bufnr)
+      end,
+    })
   end
   return { inline = inline, popup = popup }
 end

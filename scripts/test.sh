@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Run the whole test suite from a fresh clone: set up .venv (with test extras), prepare the
+# default model, run pytest (real-model tests included), then build/test/package the VS Code
+# extension when npm is available. Extra arguments go to pytest (e.g. -m "not slow").
+set -uo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh --test || exit 1
+
+export GEMMA_LSP_REQUIRE_MODEL=1   # the model was just prepared: its absence is a failure, not a skip
+.venv/bin/python -m pytest "$@"
+rc=$?
+if [ "$rc" -eq 5 ]; then
+  echo "pytest collected no tests: the checkout is broken (expected tests under tests/)" >&2
+  exit 1
+fi
+[ "$rc" -eq 0 ] || exit "$rc"
+
+if command -v npm >/dev/null 2>&1; then
+  echo "==> VS Code extension: build, unit tests, package"
+  (cd editors/vscode && npm ci --no-audit --no-fund && npm run build && npm test && npm run package) || exit 1
+else
+  echo "npm not found: skipping the VS Code extension build" >&2
+fi
