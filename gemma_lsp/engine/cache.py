@@ -1,8 +1,11 @@
 """KV prefix cache: reuse the model state of the longest cached common prefix.
 
-Entries are *moved* out on lookup (pop, crop, extend, put back under the new
-key), never shared, so a cache object is mutated by exactly one generation at a
-time and the LRU's byte accounting, taken at insertion, stays true.
+An entry that the new prompt extends is *moved* out (pop, extend, put back under
+the new key): typing at the end of the prompt costs no copy. An entry that the
+new prompt diverges from stays cached, and the caller gets a cropped copy, so
+alternating between two prompts (two files, or a cursor jumping back) keeps
+both. Either way a cache object is mutated by exactly one generation at a time
+and the LRU's byte accounting, taken at insertion, stays true.
 
 Exactness with sliding-window layers (Gemma 2/3/4): we always build
 `DynamicCache()` without a config, so every layer keeps its full history and
@@ -12,6 +15,7 @@ then exact; the price is memory, which is small for FIM-sized prompts.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import cachetools
@@ -65,7 +69,10 @@ class PrefixCache:
                 best_key, best_len = key, n
         if best_key is None:
             return DynamicCache(), 0
-        cache = self._lru.pop(best_key)
+        if best_len >= len(best_key) - 1:  # the new prompt extends this entry: take it, no copy
+            cache = self._lru.pop(best_key)
+        else:  # it diverges: keep the entry for prompts that still match it, crop a copy
+            cache = copy.deepcopy(self._lru[best_key])
         truncate(cache, best_len)
         return cache, best_len
 
