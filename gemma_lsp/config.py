@@ -50,6 +50,24 @@ class Settings:
                 changes[f.name] = _check(f.name, obj[key] if key in obj else obj[f.name])
         return dataclasses.replace(self, **changes)
 
+    def merged_lenient(self, obj: Any) -> tuple["Settings", list[str]]:
+        """Like `merged`, but a bad value drops only its own key; returns the errors to report."""
+        try:
+            return self.merged(obj), []
+        except GemmaLspError:
+            pass
+        if isinstance(obj, dict) and isinstance(obj.get("gemmaLsp"), dict):
+            obj = obj["gemmaLsp"]
+        if not isinstance(obj, dict):
+            return self, [f"settings must be an object, got {type(obj).__name__}"]
+        out, errors = self, []
+        for key, value in obj.items():
+            try:
+                out = out.merged({key: value})
+            except GemmaLspError as e:
+                errors.append(str(e))
+        return out, errors
+
     def engine_key(self) -> tuple[Any, ...]:
         """Settings that need a model reload when they change."""
         return (self.model, self.draft_model, self.dtype, self.device)

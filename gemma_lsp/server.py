@@ -44,6 +44,8 @@ class GemmaProtocol(LanguageServerProtocol):
     """pygls 2.1.1 sends *no* response when a request's params fail to parse; we send an error."""
 
     def structure_message(self, data: dict[str, Any]):
+        if isinstance(data, dict) and "jsonrpc" in data and "method" in data and "params" not in data:
+            data["params"] = None  # JSON-RPC allows omitting params; pygls' types require the key
         try:
             return super().structure_message(data)
         except JsonRpcException as exc:
@@ -89,13 +91,15 @@ class GemmaServer(LanguageServer):
     # --- settings -----------------------------------------------------------------
 
     def refresh_settings(self) -> None:
-        """initializationOptions < didChangeConfiguration/workspace/configuration < CLI flags."""
-        s = Settings().merged(self.init_options)
-        try:
-            s = s.merged(self.client_settings)
-        except GemmaLspError as e:
-            log.error("ignoring invalid client settings: %s", e)
+        """initializationOptions < didChangeConfiguration/workspace/configuration < CLI flags.
+
+        A bad value drops only its own key, and the user is told which and why."""
+        s, errors = Settings().merged_lenient(self.init_options)
+        s, more = s.merged_lenient(self.client_settings)
         self.settings = s.merged(self.cli_overrides)
+        for e in errors + more:
+            log.warning("ignoring setting: %s", e)
+            self.window_show_message(lsp.ShowMessageParams(lsp.MessageType.Warning, f"gemma-lsp: ignoring setting: {e}"))
 
     def ensure_completer(self) -> Completer:
         """Load (or reload after a model change) on the engine thread only."""
@@ -165,12 +169,7 @@ def create_server(cli_overrides: dict[str, Any] | None = None) -> GemmaServer:
         enc = ls.workspace.position_encoding or UTF16
         ls.encoding = str(getattr(enc, "value", enc))  # str() of the enum would be its name
         ls.init_options = params.initialization_options
-        try:
-            ls.refresh_settings()
-        except GemmaLspError as e:
-            log.error("invalid initializationOptions: %s", e)
-            ls.init_options = None
-            ls.refresh_settings()
+        ls.refresh_settings()
 
     @ls.feature(lsp.INITIALIZED)
     async def initialized(ls: GemmaServer, params: lsp.InitializedParams) -> None:

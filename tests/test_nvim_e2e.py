@@ -69,7 +69,7 @@ EXPECTED_LINE = "    return a + b"
 # the main loop (timers), so typed keys, insert mode, InsertCharPre autotrigger and the
 # popup menu all work as in an interactive session.
 DRIVER = r"""
-local P = vim.json.decode(%(params)s)
+local P = vim.json.decode([==[%(params)s]==])
 local result = { steps = {}, messages = {} }
 
 local function finish()
@@ -215,7 +215,7 @@ def run_nvim(tmp_path: Path, settings: dict) -> tuple[dict, Path, str]:
     src.write_text(SOURCE)
     result_path = tmp_path / "result.json"
     params = {
-        "t0": 0,
+        "t0": time.monotonic_ns(),  # the clock of vim.uv.hrtime() on Linux: step times
         "result": str(result_path),
         "file": str(src),
         "line": HOLE_LINE,
@@ -225,8 +225,7 @@ def run_nvim(tmp_path: Path, settings: dict) -> tuple[dict, Path, str]:
         "complete_ms": (TIMEOUT_S - 60) * 1000,
     }
     script = tmp_path / "driver.lua"
-    params["t0"] = time.monotonic_ns()  # same clock as vim.uv.hrtime() on Linux
-    script.write_text(DRIVER % {"params": json.dumps(json.dumps(params))})
+    script.write_text(DRIVER % {"params": json.dumps(params)})
     env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state"),
            "XDG_CONFIG_HOME": str(tmp_path / "config"), "XDG_DATA_HOME": str(tmp_path / "data")}
     # GEMMA_LSP_CACHE (where the prepared model lives) passes through to the server.
@@ -237,10 +236,12 @@ def run_nvim(tmp_path: Path, settings: dict) -> tuple[dict, Path, str]:
              "-c", f"luafile {script}"],
             cwd=work, capture_output=True, text=True, timeout=TIMEOUT_S, env=env,
         )
-        out = f"nvim exit {proc.returncode} after {time.monotonic() - t:.1f}s\n" \
-              f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}"
+        out = (f"nvim exit {proc.returncode} after {time.monotonic() - t:.1f}s\n"
+               f"--- stdout\n{proc.stdout}\n--- stderr\n{proc.stderr}")
     except subprocess.TimeoutExpired as e:
-        out = f"nvim timed out after {TIMEOUT_S}s\n--- stdout\n{e.stdout}\n--- stderr\n{e.stderr}"
+        def text(b: str | bytes | None) -> str:
+            return b.decode(errors="replace") if isinstance(b, bytes) else b or ""
+        out = f"nvim timed out after {TIMEOUT_S}s\n--- stdout\n{text(e.stdout)}\n--- stderr\n{text(e.stderr)}"
     result = json.loads(result_path.read_text()) if result_path.exists() else {}
     log = Path(result.get("lsp_log") or tmp_path / "state" / "nvim" / "lsp.log")
     log_text = log.read_text(errors="replace") if log.exists() else "(no LSP log)"

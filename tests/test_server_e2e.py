@@ -222,3 +222,29 @@ async def test_stats_contract(server):
     assert s["completions"] == 2
     assert s["reused_tokens"] > 0  # the second identical prompt reused the first one's KV
     assert set(s["latency_ms"]) >= {"p50", "p95"}
+
+
+async def test_request_without_params_is_answered(server):
+    msg_id = f"raw-noparams-{next(_ids)}"
+    fut: concurrent.futures.Future = concurrent.futures.Future()
+    server.protocol._request_futures[msg_id] = fut
+    server.protocol._send_data({"jsonrpc": "2.0", "id": msg_id, "method": "gemma/stats"})  # no "params" key
+    stats = plain(await asyncio.wait_for(asyncio.wrap_future(fut), 10))
+    assert stats["completions"] == 0
+
+
+async def test_a_bad_setting_is_reported_and_only_it_is_dropped(tiny_qwen_dir):
+    client, _ = await start(tiny_qwen_dir, options={"maxTokens": 0, "singleLine": "always"})
+    try:
+        await asyncio.sleep(0.5)
+        warnings = [m.message for m in client.messages if m.type == lsp.MessageType.Warning]
+        assert any("maxTokens must be a positive integer" in w for w in warnings), client.messages
+        uri = "file:///tmp/bad_setting.py"
+        open_doc(server := client, uri, "x = 1\ny = ")
+        res = await server.text_document_inline_completion_async(lsp.InlineCompletionParams(
+            context=lsp.InlineCompletionContext(trigger_kind=lsp.InlineCompletionTriggerKind.Invoked),
+            text_document=lsp.TextDocumentIdentifier(uri), position=lsp.Position(1, 4)))
+        # singleLine "always" still applied: whatever came back is one line.
+        assert all("\n" not in i.insert_text for i in res.items)
+    finally:
+        await client.shutdown_session()

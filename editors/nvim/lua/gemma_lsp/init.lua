@@ -198,7 +198,10 @@ function M.on_attach(client, bufnr)
   end
   local popup = c.completion == true or (c.completion == 'auto' and not inline)
   if popup and vim.lsp.completion then
-    vim.lsp.completion.enable(true, client.id, bufnr, { autotrigger = true, convert = M.complete_item })
+    vim.lsp.completion.enable(true, client.id, bufnr, {
+      autotrigger = true,
+      convert = M.complete_item,
+    })
     vim.api.nvim_create_autocmd('CompleteDone', {
       group = vim.api.nvim_create_augroup('gemma_lsp_complete_' .. bufnr, { clear = true }),
       buffer = bufnr,
