@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from .config import Settings
-from .context import windows
+from .context import Chunk, select_extras, windows
 from .engine import Engine, GenerateRequest, Stats
 from .engine.models import Loaded, load, same_vocab
 from .postprocess import postprocess, single_line_wanted
@@ -31,6 +31,7 @@ class Snapshot:
     language: str = ""
     path: str = ""
     extras: list[tuple[str, str]] = field(default_factory=list)
+    chunks: list[Chunk] = field(default_factory=list)  # other files; fitted to the budget on the engine thread
 
 
 @dataclass
@@ -103,7 +104,8 @@ class Completer:
             return Completion(rest, rest, Stats(drafter="typed-through"), "typed-through", True,
                               (time.perf_counter() - t0) * 1e3, self.target.name)
         prefix, suffix = windows(snap.text, snap.offset, self.prompter.count, settings.prefix_tokens, settings.suffix_tokens)
-        prompt = self.prompter.build(prefix, suffix, snap.extras, snap.path)
+        extras = snap.extras or select_extras(snap.chunks, self.prompter.count, settings.extra_tokens)
+        prompt = self.prompter.build(prefix, suffix, extras, snap.path)
         line_start = max(prefix.rfind("\n"), prefix.rfind("\r")) + 1
         line_prefix = prefix[line_start:]
         line_rest = suffix.split("\n", 1)[0]

@@ -118,16 +118,22 @@ class ContextRing:
     def forget(self, uri: str) -> None:
         self._chunks.pop(uri, None)
 
+    def chunks(self, exclude_uri: str) -> list[Chunk]:
+        """A copy of the other files' chunks, oldest first (safe to use on another thread)."""
+        return [c for uri, c in self._chunks.items() if uri != exclude_uri and c.text.strip()]
+
     def extras(self, exclude_uri: str, count: Callable[[str], int], budget: int) -> list[tuple[str, str]]:
-        """Newest chunks that fit the token budget, returned oldest first."""
-        picked: list[tuple[str, str]] = []
-        used = 0
-        for uri, c in reversed(self._chunks.items()):
-            if uri == exclude_uri or not c.text.strip():
-                continue
-            n = count(c.text) + 8
-            if used + n > budget:
-                continue
-            used += n
-            picked.append((os.path.basename(c.path), c.text))  # no home directories in prompts
-        return picked[::-1]
+        return select_extras(self.chunks(exclude_uri), count, budget)
+
+
+def select_extras(chunks: list[Chunk], count: Callable[[str], int], budget: int) -> list[tuple[str, str]]:
+    """Newest chunks that fit the token budget, returned oldest first, as (file name, text)."""
+    picked: list[tuple[str, str]] = []
+    used = 0
+    for c in reversed(chunks):
+        n = count(c.text) + 8
+        if used + n > budget:
+            continue
+        used += n
+        picked.append((os.path.basename(c.path), c.text))  # no home directories in prompts
+    return picked[::-1]

@@ -64,10 +64,20 @@ def _cut_surplus_closers(text: str, line_rest: str) -> str:
     return text
 
 
-def _cut_dedent(text: str, line_prefix: str) -> str:
-    """Stop at the first non-blank line indented less than the block the cursor is in."""
+def _cut_dedent(text: str, line_prefix: str, suffix: str = "") -> str:
+    """Stop at the first non-blank line indented less than the block the code continues in.
+
+    That block is the cursor's, or the one the suffix resumes in when that is shallower:
+    finishing a loop and going on at function level is fine when the suffix is at
+    function level (or empty); starting a new top-level `def` inside a body is not.
+    """
     lines = text.split("\n")
     base = _indent(line_prefix + lines[0]) if (line_prefix + lines[0]).strip() else _indent(line_prefix)
+    after = [ln for ln in suffix.split("\n")[1:] if ln.strip()]
+    if after:
+        base = min(base, _indent(after[0]))
+    elif not suffix.split("\n")[0].strip() and base > 0:
+        base = 1  # end of file: close inner blocks freely, but stop at a new top-level statement
     for i in range(1, len(lines)):
         if lines[i].strip() and _indent(lines[i]) < base:
             return "\n".join(lines[:i])
@@ -89,7 +99,7 @@ def postprocess(raw: str, line_prefix: str, suffix: str, single_line: bool, trun
     text = _cut_suffix_overlap(text, suffix)
     text = _cut_surplus_closers(text, line_rest)
     if "\n" in text:
-        text = _cut_dedent(text, line_prefix)
+        text = _cut_dedent(text, line_prefix, suffix)
     text = "\n".join(ln.rstrip() for ln in text.split("\n")).rstrip("\n ")
     if single_line or line_rest.strip():
         text = text.rstrip()

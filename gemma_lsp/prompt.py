@@ -209,18 +209,23 @@ class Prompter:
             return None
         texts = self.token_texts()
         size = self.vocab_size
+        masks: dict[str, torch.Tensor] = {}
+        spelled_at: list[int] = []  # len(out) once the healed text is spelled: no more work
 
         def allowed(out: Sequence[int]) -> torch.Tensor | None:
+            if spelled_at and len(out) >= spelled_at[0]:
+                return None
             done = self.decode(out)
             if len(done) >= len(healed):
+                spelled_at.append(len(out))
                 return None
             rest = healed[len(done) :]
-            mask = torch.zeros(size, dtype=torch.bool)
-            for i in self._by_first.get(rest[0], ()):
-                s = texts[i]
-                if rest.startswith(s) or s.startswith(rest):
-                    mask[i] = True
-            return mask
+            if rest not in masks:
+                idx = [i for i in self._by_first.get(rest[0], ()) if rest.startswith(texts[i]) or texts[i].startswith(rest)]
+                mask = torch.zeros(size, dtype=torch.bool)
+                mask[idx] = True
+                masks[rest] = mask
+            return masks[rest]
 
         return allowed
 

@@ -124,9 +124,9 @@ class GemmaServer(LanguageServer):
             prev = self.docs[self.last_uri]  # the user left that file: remember where they were
             self.ring.offer(self.last_uri, _path(self.last_uri), prev.language, prev.text, prev.last_line)
         self.last_uri = uri
-        count = self.completer.prompter.count if self.completer else (lambda s: len(s) // 3)
-        extras = self.ring.extras(uri, count, self.settings.extra_tokens)
-        return Snapshot(uri, doc.text, offset, doc.language, _path(uri), extras)
+        # Only copy the chunks here: tokenizing happens on the engine thread, the
+        # tokenizer's only user (a fast tokenizer must not be used from two threads).
+        return Snapshot(uri, doc.text, offset, doc.language, _path(uri), chunks=self.ring.chunks(uri))
 
     async def complete(self, uri: str, position: lsp.Position) -> tuple[Completion | None, int]:
         """Run one completion; None when superseded or cancelled. Also returns the cursor offset."""

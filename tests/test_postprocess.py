@@ -154,3 +154,13 @@ GOOD = [
 def test_good_completion_unchanged(raw, line_prefix, suffix, single):
     assert postprocess(raw, line_prefix, suffix, single) == raw
     assert postprocess(raw, line_prefix, suffix, single, truncated=False) == raw
+
+
+def test_dedent_follows_the_block_the_suffix_resumes_in():
+    # Finishing a loop and returning at function level (HumanEval/52 style) at the end of a file.
+    raw = "if e >= t:\n            return False\n    return True"
+    assert postprocess(raw, "        ", "\n", single_line=False) == raw
+    # The same text where the suffix resumes inside the loop body: the dedented line goes.
+    assert postprocess(raw, "        ", "\n        log(e)\n    return False\n", single_line=False) == (
+        "if e >= t:\n            return False"
+    )

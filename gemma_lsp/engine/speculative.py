@@ -57,6 +57,7 @@ class Stats:
     prompt_tokens: int = 0
     reused_tokens: int = 0
     prefill_ms: float = 0.0
+    prefill_forwards: int = 0  # included in target_forwards
     decode_ms: float = 0.0
     target_forwards: int = 0
     drafted: int = 0
@@ -118,7 +119,8 @@ class Engine:
                 raise ValueError("drafter 'model' needs a draft model (set draftModel / --draft-model)")
             return model
         chain: list[Drafter] = [suggestion, NGramDrafter()] + ([model] if model is not None else [])
-        return AutoDrafter(chain)
+        lang = req.language or "text"
+        return AutoDrafter(chain, lambda sub: self.draft_length.get((lang, sub)))
 
     # --- forward passes ---------------------------------------------------------------
 
@@ -165,6 +167,7 @@ class Engine:
             logits = self._forward(chunk, cache, all_logits=False)[-1]
             cached.extend(chunk)
             stats.target_forwards += 1
+            stats.prefill_forwards += 1
         stats.prefill_ms = (time.perf_counter() - t0) * 1e3
 
         out: list[int] = []
@@ -203,13 +206,10 @@ class Engine:
             constrained = req.constraint is not None and req.constraint(out) is not None
             name = getattr(drafter, "last", drafter.name)
             if not constrained:
-                k = min(self.draft_length.get((lang, drafter.name)), room)
+                # auto picks each sub-drafter's own length; it only needs the room left
+                k = room if isinstance(drafter, AutoDrafter) else min(self.draft_length.get((lang, drafter.name)), room)
                 draft = drafter.propose(ctx, k)
                 name = getattr(drafter, "last", drafter.name)
-                if name != drafter.name:  # auto: adapt to the drafter actually used
-                    draft.tokens = draft.tokens[: min(self.draft_length.get((lang, name)), room)]
-                    if draft.probs is not None:
-                        draft.probs = draft.probs[: len(draft.tokens)]
             # Verify [nxt, d1..dk] in one forward.
             feed = [nxt] + draft.tokens
             logits = self._forward(feed, cache, all_logits=True)
