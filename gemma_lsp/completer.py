@@ -61,21 +61,22 @@ class _Shown:
 
 
 class Completer:
-    def __init__(self, target: Loaded, draft: Loaded | None = None, settings: Settings = Settings()) -> None:
+    def __init__(self, target: Loaded, draft: Loaded | None = None, settings: Settings = Settings(),
+                 layout: str = "", heal: bool = True) -> None:
         if draft is not None:
             same_vocab(target.tokenizer, draft.tokenizer)
         self.target = target
         self.draft = draft
-        self.prompter = Prompter(target.tokenizer)
+        self.prompter = Prompter(target.tokenizer, layout=layout, heal=heal)
         self.engine = Engine(target.model, draft.model if draft else None, cache_bytes=settings.cache_mb << 20)
         self._newlines: frozenset[int] | None = None
         self._shown: dict[str, _Shown] = {}
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Completer":
+    def from_settings(cls, settings: Settings, layout: str = "", heal: bool = True) -> "Completer":
         target = load(settings.model, settings.device, settings.dtype)
         draft = load(settings.draft_model, settings.device, settings.dtype) if settings.draft_model else None
-        return cls(target, draft, settings)
+        return cls(target, draft, settings, layout, heal)
 
     def newline_ids(self) -> frozenset[int]:
         if self._newlines is None:
@@ -83,7 +84,8 @@ class Completer:
         return self._newlines
 
     def typed_through(self, snap: Snapshot) -> str | None:
-        """The rest of the last suggestion if the user has typed its first characters, else None."""
+        """The rest of the last suggestion if the user typed its first characters (or nothing
+        since: the same cursor asked again), else None."""
         shown = self._shown.get(snap.uri)
         if shown is None:
             return None
@@ -91,18 +93,30 @@ class Completer:
         if after != shown.after or not before.startswith(shown.before):
             return None
         typed = before[len(shown.before) :]
-        if not typed or not shown.text.startswith(typed) or len(typed) >= len(shown.text):
+        if not shown.text.startswith(typed) or len(typed) >= len(shown.text):
             return None
         return shown.text[len(typed) :]
 
-    def complete(self, snap: Snapshot, settings: Settings, stop: threading.Event | None = None,
-                 instant: bool = True) -> Completion:
+    def instant(self, snap: Snapshot) -> Completion | None:
+        """Answer without the model when the user is typing through the last suggestion.
+
+        Cheap and thread-safe enough to call from the event loop (dict reads, string compares)."""
         t0 = time.perf_counter()
         rest = self.typed_through(snap)
-        if rest is not None and instant:
-            self._remember(snap, rest)
-            return Completion(rest, rest, Stats(drafter="typed-through"), "typed-through", True,
-                              (time.perf_counter() - t0) * 1e3, self.target.name)
+        if rest is None:
+            return None
+        self._remember(snap, rest)
+        return Completion(rest, rest, Stats(drafter="typed-through"), "typed-through", True,
+                          (time.perf_counter() - t0) * 1e3, self.target.name)
+
+    def complete(self, snap: Snapshot, settings: Settings, stop: threading.Event | None = None,
+                 instant: bool = True) -> Completion:
+        """The full pipeline. With `instant`, a typed-through keystroke is answered from memory;
+        otherwise the remembered suggestion is handed to the engine's suggestion drafter."""
+        if instant and (fast := self.instant(snap)) is not None:
+            return fast
+        t0 = time.perf_counter()
+        rest = self.typed_through(snap)
         prefix, suffix = windows(snap.text, snap.offset, self.prompter.count, settings.prefix_tokens, settings.suffix_tokens)
         extras = snap.extras or select_extras(snap.chunks, self.prompter.count, settings.extra_tokens)
         prompt = self.prompter.build(prefix, suffix, extras, snap.path)

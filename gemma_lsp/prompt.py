@@ -13,6 +13,7 @@ which is then stripped from the answer.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -100,6 +101,8 @@ class Prompter:
 
     tokenizer: object
     family: str = ""
+    layout: str = ""  # "" = the family's measured default; "spm" or "psm" to compare layouts
+    heal: bool = True  # token healing (off only to measure what it is worth)
     _texts: list[str] | None = field(default=None, repr=False)
     _by_first: dict[str, list[int]] = field(default_factory=dict, repr=False)
 
@@ -109,6 +112,10 @@ class Prompter:
         if self.family not in TEMPLATES:
             raise ModelError(f"unknown FIM family {self.family!r}; choose one of {', '.join(TEMPLATES)}")
         self.template = TEMPLATES[self.family]
+        if self.layout:
+            if self.layout not in ("spm", "psm"):
+                raise ModelError(f"unknown layout {self.layout!r}; choose spm or psm")
+            self.template = dataclasses.replace(self.template, layout=self.layout)
         self.vocab_size = max(len(self.tokenizer), max(vocab.values()) + 1)
         t = self.template
         for name in (t.pre, t.suf, t.mid):
@@ -149,7 +156,7 @@ class Prompter:
     def build(self, prefix: str, suffix: str, extras: Sequence[tuple[str, str]] = (), path: str = "") -> Prompt:
         """Token ids of the FIM prompt. Each piece is encoded on its own, so pieces never merge
         across a boundary and an unchanged piece always yields the same ids (cache hits)."""
-        cut = heal_cut(prefix)
+        cut = heal_cut(prefix) if self.heal else 0
         healed, prefix = prefix[len(prefix) - cut :], prefix[: len(prefix) - cut]
         t, sp = self.template, self._special
         ids: list[int] = []

@@ -52,12 +52,15 @@ class Scheduler:
             if self._latest.get(key) is stop:
                 del self._latest[key]
 
+    def supersede(self, key: str) -> None:
+        """Stop the running or queued request for `key` (it will be answered empty)."""
+        old = self._latest.pop(key, None)
+        if old is not None:
+            old.set()
+
     def submit(self, fn: Callable[[], T]) -> "asyncio.Future[T]":
         """Background engine work (model loading) in queue order with requests."""
         return asyncio.get_running_loop().run_in_executor(self.executor, fn)
-
-    def superseded(self, stop: threading.Event, key: str) -> bool:
-        return stop.is_set() and self._latest.get(key) is not stop
 
     def shutdown(self) -> None:
         for ev in list(self._all):

@@ -132,9 +132,16 @@ class GemmaServer(LanguageServer):
         """Run one completion; None when superseded or cancelled. Also returns the cursor offset."""
         snap = self.snapshot(uri, position)
         settings = self.settings
+        if self.completer is not None and settings.engine_key() == self._engine_key:
+            fast = self.completer.instant(snap)  # typed through the suggestion: no queue, no model
+            if fast is not None:
+                self.scheduler.supersede(uri)
+                self.stats.add(fast.stats, fast.latency_ms, True)
+                asyncio.ensure_future(self._verify(snap, settings))
+                return fast, snap.offset
 
         def work(stop: threading.Event) -> Completion:
-            return self.ensure_completer().complete(snap, settings, stop)
+            return self.ensure_completer().complete(snap, settings, stop, instant=False)
 
         try:
             c = await self.scheduler.run(uri, work)
@@ -158,7 +165,17 @@ class GemmaServer(LanguageServer):
         return c, snap.offset
 
 
-server = None  # set by create_server(); handlers receive it as `ls`
+    async def _verify(self, snap: Snapshot, settings: Settings) -> None:
+        """After an instant answer, let the model verify (and extend) the remembered suggestion
+        in one forward through the suggestion drafter; this also keeps the KV cache at the
+        cursor. The next keystroke supersedes it."""
+        def work(stop: threading.Event) -> None:
+            if self.completer is not None:
+                self.completer.complete(snap, settings, stop, instant=False)
+        try:
+            await self.scheduler.run(snap.uri, work)
+        except Exception as e:  # background work: never surfaces to the client
+            log.debug("background verify ended: %r", e)
 
 
 def create_server(cli_overrides: dict[str, Any] | None = None) -> GemmaServer:
