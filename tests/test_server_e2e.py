@@ -152,7 +152,9 @@ async def test_cancel_request_stops_decoding(tiny_qwen_dir):
     try:
         uri = "file:///tmp/cancel.py"
         open_doc(client, uri, "def ")
-        await client.text_document_completion_async(lsp.CompletionParams(lsp.TextDocumentIdentifier(uri), lsp.Position(0, 4)))
+        open_doc(client, "file:///tmp/warm.py", "def ")  # load the model first, on another document
+        await client.text_document_completion_async(lsp.CompletionParams(
+            lsp.TextDocumentIdentifier("file:///tmp/warm.py"), lsp.Position(0, 4)))
         msg_id, task = start_raw(client, "textDocument/inlineCompletion", {
             "context": {"triggerKind": 2}, "textDocument": {"uri": uri}, "position": {"line": 0, "character": 4}})
         await asyncio.sleep(1.0)
@@ -215,12 +217,15 @@ async def test_stats_contract(server):
     uri = "file:///tmp/stats.py"
     open_doc(server, uri, "import os\n")
     await server.text_document_completion_async(lsp.CompletionParams(lsp.TextDocumentIdentifier(uri), lsp.Position(1, 0)))
-    await server.text_document_completion_async(lsp.CompletionParams(lsp.TextDocumentIdentifier(uri), lsp.Position(1, 0)))
+    server.text_document_did_change(lsp.DidChangeTextDocumentParams(
+        lsp.VersionedTextDocumentIdentifier(uri=uri, version=2),
+        [lsp.TextDocumentContentChangePartial(range=lsp.Range(lsp.Position(1, 0), lsp.Position(1, 0)), text="import re\n")]))
+    await server.text_document_completion_async(lsp.CompletionParams(lsp.TextDocumentIdentifier(uri), lsp.Position(2, 0)))
     s = await get_stats(server)
     for key in ("completions", "prompt_tokens", "reused_tokens", "tokens", "drafted", "accepted", "target_forwards", "cancelled"):
         assert isinstance(s[key], int), key
     assert s["completions"] == 2
-    assert s["reused_tokens"] > 0  # the second identical prompt reused the first one's KV
+    assert s["reused_tokens"] > 0  # the second prompt extends the first: its KV was reused
     assert set(s["latency_ms"]) >= {"p50", "p95"}
 
 
