@@ -15,6 +15,7 @@ from .config import Settings
 from .context import Chunk, select_extras, windows
 from .engine import Engine, GenerateRequest, Stats
 from .engine.models import Loaded, load, same_vocab
+from .errors import ModelError
 from .postprocess import postprocess, single_line_wanted
 from .prompt import Prompter
 
@@ -63,19 +64,24 @@ class _Shown:
 class Completer:
     def __init__(self, target: Loaded, draft: Loaded | None = None, settings: Settings = Settings(),
                  layout: str = "", heal: bool = True) -> None:
-        if draft is not None:
+        assistant = draft is not None and draft.is_assistant
+        if draft is not None and not assistant:
             same_vocab(target.tokenizer, draft.tokenizer)
+        if assistant and draft.model.config.get_text_config().vocab_size != target.model.config.get_text_config().vocab_size:
+            raise ModelError("the Gemma 4 assistant's vocabulary size differs from the target's: not its assistant")
         self.target = target
         self.draft = draft
         self.prompter = Prompter(target.tokenizer, layout=layout, heal=heal)
-        self.engine = Engine(target.model, draft.model if draft else None, cache_bytes=settings.cache_mb << 20)
+        self.engine = Engine(target.model, draft.model if draft and not assistant else None,
+                             cache_bytes=settings.cache_mb << 20, assistant=draft.model if assistant else None)
         self._newlines: frozenset[int] | None = None
         self._shown: dict[str, _Shown] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings, layout: str = "", heal: bool = True) -> "Completer":
         target = load(settings.model, settings.device, settings.dtype)
-        draft = load(settings.draft_model, settings.device, settings.dtype) if settings.draft_model else None
+        draft_spec = settings.draft_model or (str(target.preset_draft) if target.preset_draft else None)
+        draft = load(draft_spec, settings.device, settings.dtype) if draft_spec else None
         return cls(target, draft, settings, layout, heal)
 
     def newline_ids(self) -> frozenset[int]:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import GemmaLspError
+from .names import DRAFTERS
 
-DRAFTERS = ("auto", "none", "ngram", "suggestion", "model")
 SINGLE_LINE = ("auto", "always", "never")
 DTYPES = ("auto", "bfloat16", "bf16", "float32", "fp32", "float16", "fp16")  # what engine.models.pick_dtype takes
 

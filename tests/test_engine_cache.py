@@ -101,6 +101,6 @@ def test_cache_bytes_counts_every_layer(model):
     engine = Engine(model)
     engine.generate(GenerateRequest(prompt=list(range(3, 23)), max_tokens=1))
     (key, cache), = list(engine.cache._lru.items())
-    layers = model.config.num_hidden_layers
+    layers = model.config.num_hidden_layers - (getattr(model.config, "num_kv_shared_layers", 0) or 0)  # shared layers store nothing
     kv = model.config.num_key_value_heads * getattr(model.config, "head_dim", 16)
     assert cache_bytes(cache) == layers * 2 * len(key) * kv * 4  # fp32

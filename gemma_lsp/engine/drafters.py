@@ -190,6 +190,56 @@ class ModelDrafter:
         self._cache, self._ids = None, []
 
 
+class AssistantDrafter:
+    """Gemma 4's MTP assistant: a small head that drafts from the *target's* own state.
+
+    Each step it reads the target's last hidden state at the last verified position
+    and the target's shared KV (the keys/values of the target's KV-producing layers),
+    so it needs no prefill and no cache of its own. The engine feeds it after every
+    target forward through `observe` (the same inputs transformers' assisted decoding
+    gives it; see Gemma4AssistantCandidateGenerator).
+    """
+
+    name = "gemma4-assistant"
+    needs_target_state = True
+
+    def __init__(self, assistant: torch.nn.Module, embed: torch.nn.Module) -> None:
+        self.assistant = assistant
+        self.embed = embed  # the target's (scaled) input embedding
+        self.device = next(assistant.parameters()).device
+        self._hidden: torch.Tensor | None = None  # [rows, H]: positions end-rows+1 .. end
+        self._end = -1
+        self._kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def observe(self, start: int, n: int, hidden: torch.Tensor, shared_kv) -> None:
+        """The target just ran positions start..start+n-1 (`hidden` may hold only the last rows)."""
+        self._hidden, self._end = hidden, start + n - 1
+        self._kv = dict(shared_kv) if shared_kv is not None else {}
+
+    def propose(self, ctx: Sequence[int], k: int) -> Draft:
+        pos = len(ctx) - 1  # position of the target's newest token (not yet fed)
+        if k <= 0 or self._hidden is None or not self._kv:
+            return Draft([])
+        row = (pos - 1) - (self._end - self._hidden.shape[0] + 1)  # the state that predicted ctx[-1]
+        if not 0 <= row < self._hidden.shape[0]:
+            return Draft([])
+        h = self._hidden[row : row + 1].unsqueeze(0).to(self.device)
+        kv = {t: (kk[:, :, :pos, :], vv[:, :, :pos, :]) for t, (kk, vv) in self._kv.items()}
+        position = torch.tensor([[pos]], device=self.device)  # constant across the draft, as in transformers
+        tok, tokens = ctx[-1], []
+        for _ in range(k):
+            e = self.embed(torch.tensor([[tok]], device=self.embed.weight.device)).to(self.device)
+            out = self.assistant(inputs_embeds=torch.cat([e, h.to(e.dtype)], -1), position_ids=position,
+                                 shared_kv_states=kv)
+            tok = int(torch.argmax(out.logits[0, -1]))
+            h = out.last_hidden_state
+            tokens.append(tok)
+        return Draft(tokens)
+
+    def finish(self) -> None:
+        self._hidden, self._kv = None, {}
+
+
 class AutoDrafter:
     """Ask each drafter in order (cheapest first); the first with a proposal drafts this step.
 

@@ -29,7 +29,9 @@ from ..paths import models_dir
 
 # Preset -> (target HF repo, draft HF repo or None), resolved from the local HF cache only.
 PRESETS: dict[str, tuple[str, str | None]] = {
-    "gemma4-31b": ("google/gemma-4-31B", "google/gemma-4-E2B"),
+    "gemma4-31b": ("google/gemma-4-31B", "google/gemma-4-E2B"),  # draft model (drafter "model")
+    # Gemma 4's MTP assistant drafts from the target's own hidden state (drafter "gemma4-assistant").
+    "gemma4-31b-mtp": ("google/gemma-4-31B-it", "google/gemma-4-31B-it-assistant"),
 }
 PYPI_PRESETS = ("default", "gemma3-270m")
 
@@ -37,9 +39,14 @@ PYPI_PRESETS = ("default", "gemma3-270m")
 @dataclass
 class Loaded:
     model: torch.nn.Module
-    tokenizer: object
+    tokenizer: object | None  # None for a Gemma 4 assistant head (it uses the target's)
     name: str
     path: Path
+    preset_draft: Path | None = None  # a preset's draft model, used when no draftModel is set
+
+    @property
+    def is_assistant(self) -> bool:
+        return getattr(self.model.config, "model_type", "") == "gemma4_assistant"
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -93,18 +100,20 @@ def resolve(spec: str | None) -> tuple[Path, str | None]:
 def load(spec: str | None, device: str = "auto", dtype: str = "auto") -> Loaded:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    path, _ = resolve(spec)
+    path, preset_draft = resolve(spec)
     dev = pick_device(device)
     dt = pick_dtype(dtype, dev)
     try:
-        tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=dt, local_files_only=True, trust_remote_code=False, use_safetensors=True
         )
+        tok = None
+        if getattr(model.config, "model_type", "") != "gemma4_assistant":
+            tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise ModelError(f"could not load model from {path}: {e}") from e
     model.to(dev).eval()
-    return Loaded(model, tok, name=spec or default_model.NAME, path=path)
+    return Loaded(model, tok, name=spec or default_model.NAME, path=path, preset_draft=preset_draft)
 
 
 def same_vocab(a: object, b: object) -> None:

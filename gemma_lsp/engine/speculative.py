@@ -23,8 +23,10 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
+from ..names import DRAFTERS
 from .cache import PrefixCache, truncate
-from .drafters import AutoDrafter, Draft, Drafter, DraftLength, ModelDrafter, NGramDrafter, NoDrafter, SuggestionDrafter
+from .drafters import (AssistantDrafter, AutoDrafter, Draft, Drafter, DraftLength, ModelDrafter, NGramDrafter, NoDrafter,
+                       SuggestionDrafter)
 
 PREFILL_CHUNK = 256  # tokens per prefill forward: a cancel lands between chunks
 
@@ -32,7 +34,6 @@ PREFILL_CHUNK = 256  # tokens per prefill forward: a cancel lands between chunks
 # vocabulary), or None when unconstrained. Used for token healing.
 Constraint = Callable[[Sequence[int]], "torch.Tensor | None"]
 
-DRAFTERS = ("none", "ngram", "suggestion", "model", "auto")
 
 
 @dataclass
@@ -90,9 +91,12 @@ class Engine:
         draft_model: torch.nn.Module | None = None,
         cache_bytes: int = 2 << 30,
         draft_cache_bytes: int = 512 << 20,
+        assistant: torch.nn.Module | None = None,
     ) -> None:
         self.model = model.eval()
         self.draft_model = draft_model.eval() if draft_model is not None else None
+        self.assistant = assistant.eval() if assistant is not None else None
+        self._observer: AssistantDrafter | None = None  # fed the target's state after each forward
         self.device = next(model.parameters()).device
         self.cache = PrefixCache(cache_bytes)
         self.draft_cache = PrefixCache(draft_cache_bytes)
@@ -118,7 +122,14 @@ class Engine:
             if model is None:
                 raise ValueError("drafter 'model' needs a draft model (set draftModel / --draft-model)")
             return model
-        chain: list[Drafter] = [suggestion, NGramDrafter()] + ([model] if model is not None else [])
+        assistant = None
+        if self.assistant is not None:
+            assistant = AssistantDrafter(self.assistant, self.model.get_input_embeddings())
+        if name == "gemma4-assistant":
+            if assistant is None:
+                raise ValueError("drafter 'gemma4-assistant' needs a Gemma 4 assistant as draftModel (preset gemma4-31b-mtp)")
+            return assistant
+        chain: list[Drafter] = [suggestion, NGramDrafter()] + [d for d in (assistant, model) if d is not None]
         lang = req.language or "text"
         return AutoDrafter(chain, lambda sub: self.draft_length.get((lang, sub)))
 
@@ -126,7 +137,13 @@ class Engine:
 
     def _forward(self, ids: Sequence[int], cache, all_logits: bool) -> torch.Tensor:
         x = torch.tensor([list(ids)], device=self.device)
-        out = self.model(input_ids=x, cache=cache, use_cache=True, logits_to_keep=0 if all_logits else 1)
+        start = cache.get_seq_length()
+        if self._observer is None:
+            out = self.model(input_ids=x, cache=cache, use_cache=True, logits_to_keep=0 if all_logits else 1)
+        else:  # the MTP assistant drafts from the target's last hidden states and shared KV
+            out = self.model(input_ids=x, cache=cache, use_cache=True, logits_to_keep=0 if all_logits else 1,
+                             output_hidden_states=True, return_shared_kv_states=True)
+            self._observer.observe(start, len(ids), out.hidden_states[-1][0], out.shared_kv_states)
         return out.logits[0].float()
 
     # --- the loop ------------------------------------------------------------------
@@ -142,6 +159,8 @@ class Engine:
             generator.manual_seed(req.seed if req.seed is not None else int(time.time_ns() % (1 << 63)))
         drafter = self.make_drafter(req, generator)
         stats.drafter = drafter.name
+        subs = drafter.drafters if isinstance(drafter, AutoDrafter) else [drafter]
+        self._observer = next((d for d in subs if isinstance(d, AssistantDrafter)), None)
 
         def stopped() -> str | None:
             if req.stop_event is not None and req.stop_event.is_set():
@@ -176,6 +195,7 @@ class Engine:
             assert logits is not None
             reason = self._decode(req, drafter, generator, cache, cached, logits, out, stats, stopped)
         drafter.finish()
+        self._observer = None
         if isinstance(drafter, (ModelDrafter, AutoDrafter)):
             stats.draft_reused_tokens = _draft_reuse(drafter)
         stats.decode_ms = (time.perf_counter() - t1) * 1e3
