@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("doctor", help="check the installation and say how to fix what is missing")
     d.set_defaults(func=cmd_doctor)
 
-    b = sub.add_parser("bench", help="benchmarks (not tests): speculative, typing")
+    b = sub.add_parser("bench", help="benchmarks (not tests): quality, speculative, typing, all")
     from .bench.cli import add_bench_args
 
     add_bench_args(b)

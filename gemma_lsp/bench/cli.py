@@ -40,9 +40,50 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--time-budget-ms", type=int, help="server timeBudgetMs (default: the server's)")
     t.add_argument("--server-log", metavar="FILE", help="write the server's stderr to FILE")
     t.add_argument("--json", metavar="FILE")
+    q = sub.add_parser("quality", help="pass@1 and exact match on HumanEval infilling (post-processed vs raw), "
+                                       "per prompt layout; checks drafters give identical completions")
+    q.add_argument("--tasks", type=int, default=None,
+                   help="tasks sampled per kind (default: 40 single-line, 10 multi-line)")
+    q.add_argument("--multi-tasks", type=int, default=None, help="multi-line tasks (default: --tasks, else 10)")
+    q.add_argument("--full", action="store_true", help="every task (all single-line tasks, one block per problem)")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--kinds", default="single,multi", help="comma-separated: single,multi (default both)")
+    q.add_argument("--drafters", default="none,auto",
+                   help="comma-separated; the first is the reference (default none,auto)")
+    q.add_argument("--layouts", default="spm",
+                   help="comma-separated: spm, psm, spm-noheal, psm-noheal, short-suffix (default spm)")
+    q.add_argument("--multi-single-line", choices=("never", "auto"), default="never",
+                   help="singleLine for multi-line tasks (default never: with auto the block's next line, "
+                        "right after the cursor, makes every answer one line); single-line tasks use auto")
+    q.add_argument("--model")
+    q.add_argument("--draft-model", help="draft model (same tokenizer) for the `model` drafter")
+    q.add_argument("--dtype", default="auto", help="auto | bfloat16 | float32 | float16")
+    q.add_argument("--device", default="auto")
+    q.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    a = sub.add_parser("all", help="quality + speculative + typing; one results.json, summary.md and PNG plots")
+    a.add_argument("--out", metavar="DIR", help="output folder (default bench-results/<date>)")
+    a.add_argument("--quality-tasks", type=int, default=20,
+                   help="single-line tasks per layout (multi-line: a quarter of it, at least 1; default 20)")
+    a.add_argument("--quality-layouts", default="spm,psm,spm-noheal,psm-noheal")
+    a.add_argument("--spec-tasks", type=int, default=None, help="speculative tasks (default: its own, 12)")
+    a.add_argument("--typing-chars", type=int, default=None, help="characters typed (default: its own, 120)")
+    a.add_argument("--skip", default="", help="comma-separated benches to skip: quality,speculative,typing")
+    a.add_argument("--model")
+    a.add_argument("--dtype", default=None, help="passed to every bench (default: each bench's own, auto)")
+    a.add_argument("--device", default=None, help="passed to every bench, e.g. cuda (default: auto)")
+    a.add_argument("--device-script", action="store_true",
+                   help="print a shell script that runs the whole suite on a GPU machine in ~15 min, and exit")
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if args.bench == "quality":
+        from .quality import run as run_quality
+
+        return run_quality(args)
+    if args.bench == "all":
+        from .all import run as run_all
+
+        return run_all(args)
     if args.bench == "speculative":
         from .speculative import run
 
