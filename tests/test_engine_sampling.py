@@ -6,7 +6,6 @@ generated tokens and compare it with thousands of seeded speculative samples.
 
 from __future__ import annotations
 
-import itertools
 
 import pytest
 import torch

