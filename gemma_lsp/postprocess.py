@@ -72,7 +72,10 @@ def _cut_dedent(text: str, line_prefix: str, suffix: str = "") -> str:
     function level (or empty); starting a new top-level `def` inside a body is not.
     """
     lines = text.split("\n")
-    base = _indent(line_prefix + lines[0]) if (line_prefix + lines[0]).strip() else _indent(line_prefix)
+    if line_prefix and not line_prefix.strip():
+        base = len(line_prefix)  # the editor's auto-indent says where the block is
+    else:  # at column 0 or after code on the line: the model's first line says it
+        base = _indent(line_prefix + lines[0]) if (line_prefix + lines[0]).strip() else _indent(line_prefix)
     after = [ln for ln in suffix.split("\n")[1:] if ln.strip()]
     if after:
         base = min(base, _indent(after[0]))

@@ -164,3 +164,9 @@ def test_dedent_follows_the_block_the_suffix_resumes_in():
     assert postprocess(raw, "        ", "\n        log(e)\n    return False\n", single_line=False) == (
         "if e >= t:\n            return False"
     )
+
+
+def test_dedent_trusts_the_editors_indentation_over_the_models_first_line():
+    # Without healing the model may start with a stray space; the body that follows is not a dedent.
+    raw = " # halve n until it is odd\n    while n % 2 == 0:\n        n //= 2"
+    assert postprocess(raw, "    ", "\n", single_line=False) == raw
