@@ -104,3 +104,43 @@ def test_cache_bytes_counts_every_layer(model):
     layers = model.config.num_hidden_layers - (getattr(model.config, "num_kv_shared_layers", 0) or 0)  # shared layers store nothing
     kv = model.config.num_key_value_heads * getattr(model.config, "head_dim", 16)
     assert cache_bytes(cache) == layers * 2 * len(key) * kv * 4  # fp32
+
+
+class FakeClock:
+    """Deterministic time for the engine: each forward of the wrapped model takes 0.1 s."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    perf_counter = monotonic
+
+    def time_ns(self) -> int:
+        return int(self.now * 1e9)
+
+
+class ClockedModel(torch.nn.Module):
+    def __init__(self, inner, clock: FakeClock) -> None:
+        super().__init__()
+        self.inner, self.clock, self.config = inner, clock, inner.config
+
+    def forward(self, **kw):
+        out = self.inner(**kw)
+        self.clock.now += 0.1
+        return out
+
+
+def test_time_budget_is_not_overrun_by_the_last_forward(model, monkeypatch):
+    from gemma_lsp.engine import speculative
+
+    clock = FakeClock()
+    monkeypatch.setattr(speculative, "time", clock)
+    wrapped = ClockedModel(model, clock)
+    deadline = clock.now + 0.55  # prefill (0.1) + 4 decode forwards fit; a 5th would end at 0.6
+    res = Engine(wrapped).generate(GenerateRequest(prompt=list(range(3, 30)), max_tokens=50, drafter="none",
+                                                   deadline=deadline))
+    assert res.stop_reason == "time"
+    assert clock.now <= deadline
+    assert res.stats.target_forwards == 5 and len(res.tokens) == 5

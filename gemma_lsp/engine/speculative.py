@@ -162,10 +162,11 @@ class Engine:
         subs = drafter.drafters if isinstance(drafter, AutoDrafter) else [drafter]
         self._observer = next((d for d in subs if isinstance(d, AssistantDrafter)), None)
 
-        def stopped() -> str | None:
+        def stopped(next_step_s: float = 0.0) -> str | None:
+            """Cancelled, or the deadline would pass before the next forward finishes."""
             if req.stop_event is not None and req.stop_event.is_set():
                 return "cancelled"
-            if req.deadline is not None and time.monotonic() > req.deadline:
+            if req.deadline is not None and time.monotonic() + next_step_s > req.deadline:
                 return "time"
             return None
 
@@ -208,6 +209,7 @@ class Engine:
         ctx = list(req.prompt)
         lang = req.language or "text"
         nxt = self._pick(logits, req, generator, out)
+        step_s = 0.0
         while True:
             # Emit the target's chosen token.
             if nxt in req.stop_ids:
@@ -218,7 +220,7 @@ class Engine:
                 return "newline"
             if len(out) >= req.max_tokens:
                 return "max_tokens"
-            if (reason := stopped()) is not None:
+            if (reason := stopped(step_s)) is not None:
                 return reason
             # Draft (never while a constraint is active, nor past max_tokens).
             draft = Draft([])
@@ -232,7 +234,9 @@ class Engine:
                 name = getattr(drafter, "last", drafter.name)
             # Verify [nxt, d1..dk] in one forward.
             feed = [nxt] + draft.tokens
+            t_step = time.perf_counter()
             logits = self._forward(feed, cache, all_logits=True)
+            step_s = time.perf_counter() - t_step  # the budget check predicts the next forward with it
             cached.extend(feed)
             stats.target_forwards += 1
             n_acc, nxt = self._accept(logits, draft, req, generator, out)
