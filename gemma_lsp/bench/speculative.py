@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import shlex
@@ -158,6 +157,16 @@ def machine_info(completer, args: argparse.Namespace) -> dict[str, Any]:
     return info
 
 
+def announce(info: dict[str, Any], load_s: float, noisy: str) -> None:
+    """Say what runs where, and warn when other processes share the CPU (then `noisy`)."""
+    print(f"model {info['model']} ({info['fim_family']}), {info['device']} {info['dtype']}, torch {info['torch']}, "
+          f"{info['threads']} threads; loaded in {load_s:.1f} s", file=sys.stderr)
+    load = info["loadavg_before"]
+    if load and info["device"] == "cpu" and load[0] > 0.5:
+        print(f"note: load average {load[0]:.2f} before starting: other processes share these CPUs, so {noisy}",
+              file=sys.stderr)
+
+
 def _loadavg() -> list[float] | None:
     """System load: other processes on the same cores make every timing here noisy."""
     return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
@@ -198,12 +207,6 @@ def graded_text(text: str) -> str:
     return text + "\n"
 
 
-def _prefill_forwards(prompt_tokens: int, reused: int) -> int:
-    from ..engine.speculative import PREFILL_CHUNK
-
-    return math.ceil(max(0, prompt_tokens - reused) / PREFILL_CHUNK)
-
-
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "device_script", False):
         sys.stdout.write(device_script(args))
@@ -227,12 +230,7 @@ def run(args: argparse.Namespace) -> int:
     box = _capture_tokens(engine)
     info = machine_info(completer, args)
     info["load_s"] = round(load_s, 2)
-    print(f"model {info['model']} ({info['fim_family']}), {info['device']} {info['dtype']}, torch {info['torch']}, "
-          f"{info['threads']} threads; loaded in {load_s:.1f} s", file=sys.stderr)
-    load = info["loadavg_before"]
-    if load and info["device"] == "cpu" and load[0] > 0.5:
-        print(f"note: load average {load[0]:.2f} before starting: other processes share these CPUs, "
-              "so timings are noisy (the token-identity and pass@1 figures are not)", file=sys.stderr)
+    announce(info, load_s, "timings are noisy (the token-identity and pass@1 figures are not)")
     print(f"{len(tasks)} tasks x drafters {', '.join(drafters)}; max {args.max_tokens} tokens, greedy", file=sys.stderr)
 
     def one(task, drafter: str, max_tokens: int | None = None):
@@ -272,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
                 task_id=task.task_id, drafter=d, tokens=s.tokens, prompt_tokens=s.prompt_tokens,
                 reused_tokens=s.reused_tokens, prefill_ms=round(s.prefill_ms, 2), decode_ms=round(s.decode_ms, 2),
                 e2e_ms=round(c.latency_ms, 2), target_forwards=s.target_forwards,
-                decode_forwards=s.target_forwards - _prefill_forwards(s.prompt_tokens, s.reused_tokens),
+                decode_forwards=s.target_forwards - s.prefill_forwards,
                 drafted=s.drafted, accepted=s.accepted, drafted_by={k: list(v) for k, v in s.drafted_by.items()},
                 stop_reason=c.stop_reason, identical=None if d == "none" or ref_tokens is None else toks == ref_tokens,
                 passed=res.passed, test_reason=res.reason, text=c.text, token_ids=toks,
