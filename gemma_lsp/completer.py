@@ -16,7 +16,7 @@ from .context import Chunk, select_extras, windows
 from .engine import Engine, GenerateRequest, Stats
 from .engine.models import Loaded, load, same_vocab
 from .errors import ModelError
-from .postprocess import postprocess, single_line_wanted
+from .postprocess import block_ended, postprocess, single_line_wanted
 from .prompt import Prompter
 
 log = logging.getLogger(__name__)
@@ -145,6 +145,7 @@ class Completer:
             deadline=time.monotonic() + settings.time_budget_ms / 1e3,
             stop_event=stop,
             constraint=self.prompter.heal_constraint(prompt.healed),
+            stop_after=self._block_end(prompt.healed, line_prefix, suffix) if settings.stop_at_block_end and not single else None,
             language=snap.language,
         )
         if settings.log_prompts:
@@ -156,6 +157,12 @@ class Completer:
         if res.stop_reason != "cancelled":
             self._remember(snap, text)
         return Completion(text, raw, res.stats, res.stop_reason, False, (time.perf_counter() - t0) * 1e3, self.target.name)
+
+    def _block_end(self, healed: str, line_prefix: str, suffix: str):
+        """Stop multi-line decoding once the text leaves its block: postprocess would cut the rest."""
+        def ended(out) -> bool:  # a decode of <= maxTokens ids: microseconds next to a forward
+            return block_ended(self.prompter.decode(out)[len(healed):], line_prefix, suffix)
+        return ended
 
     def _remember(self, snap: Snapshot, text: str) -> None:
         if text:

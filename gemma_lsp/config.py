@@ -34,6 +34,7 @@ class Settings:
     device: str = "auto"  # auto | cpu | cuda
     cache_mb: int = 2048
     log_prompts: bool = False
+    stop_at_block_end: bool = True  # multi-line: stop decoding once the text leaves the cursor's block
 
     def merged(self, obj: Any) -> "Settings":
         """A copy with the keys of `obj` (camelCase, optionally under "gemmaLsp") applied."""
@@ -98,7 +99,7 @@ def _check(name: str, value: Any) -> Any:
         if name == "dtype" and value not in DTYPES:
             raise GemmaLspError(f"dtype must be one of {', '.join(DTYPES)}; got {value!r}")
         return value
-    if name == "log_prompts":
+    if name in ("log_prompts", "stop_at_block_end"):
         if not isinstance(value, bool):
             raise GemmaLspError(f"{key} must be true or false")
         return value

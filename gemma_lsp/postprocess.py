@@ -64,27 +64,44 @@ def _cut_surplus_closers(text: str, line_rest: str) -> str:
     return text
 
 
-def _cut_dedent(text: str, line_prefix: str, suffix: str = "") -> str:
-    """Stop at the first non-blank line indented less than the block the code continues in.
+def _block_indent(first_line: str, line_prefix: str, suffix: str) -> int:
+    """The indentation below which a line leaves the block the code continues in.
 
     That block is the cursor's, or the one the suffix resumes in when that is shallower:
     finishing a loop and going on at function level is fine when the suffix is at
     function level (or empty); starting a new top-level `def` inside a body is not.
     """
-    lines = text.split("\n")
     if line_prefix and not line_prefix.strip():
         base = len(line_prefix)  # the editor's auto-indent says where the block is
     else:  # at column 0 or after code on the line: the model's first line says it
-        base = _indent(line_prefix + lines[0]) if (line_prefix + lines[0]).strip() else _indent(line_prefix)
+        base = _indent(line_prefix + first_line) if (line_prefix + first_line).strip() else _indent(line_prefix)
     after = [ln for ln in suffix.split("\n")[1:] if ln.strip()]
     if after:
         base = min(base, _indent(after[0]))
     elif not suffix.split("\n")[0].strip() and base > 0:
         base = 1  # end of file: close inner blocks freely, but stop at a new top-level statement
+    return base
+
+
+def _first_dedent(lines: list[str], base: int) -> int | None:
     for i in range(1, len(lines)):
         if lines[i].strip() and _indent(lines[i]) < base:
-            return "\n".join(lines[:i])
-    return text
+            return i
+    return None
+
+
+def _cut_dedent(text: str, line_prefix: str, suffix: str = "") -> str:
+    """Stop at the first non-blank line indented less than the block (see _block_indent)."""
+    lines = text.split("\n")
+    i = _first_dedent(lines, _block_indent(lines[0], line_prefix, suffix))
+    return text if i is None else "\n".join(lines[:i])
+
+
+def block_ended(text: str, line_prefix: str, suffix: str) -> bool:
+    """True once generated text has started a line that postprocess would cut (a dedent):
+    decoding further cannot change the answer, so generation may stop there."""
+    lines = text.replace("\r\n", "\n").split("\n")
+    return len(lines) > 1 and _first_dedent(lines, _block_indent(lines[0], line_prefix, suffix)) is not None
 
 
 def postprocess(raw: str, line_prefix: str, suffix: str, single_line: bool, truncated: bool = False) -> str:

@@ -90,3 +90,19 @@ def test_unknown_drafter_is_a_clear_error(family):
         Engine(target).generate(GenerateRequest(prompt=[1, 2, 3], drafter="telepathy"))
     with pytest.raises(ValueError, match="draft model"):
         Engine(target).generate(GenerateRequest(prompt=[1, 2, 3], drafter="model"))
+
+
+def test_caller_stop_after_is_lossless_and_early(family):
+    """A caller's stop check ends plain and speculative decoding at the same token."""
+    _, target, draft = family
+    prompt = prompts(9)[1]
+    full = reference_greedy(target, prompt, 20)
+    stop_at = 7
+
+    def stop_after(out) -> bool:
+        return len(out) >= stop_at and list(out[:stop_at]) == full[:stop_at]
+
+    for drafter in DRAFTERS:
+        res = Engine(target, draft_model=draft).generate(GenerateRequest(
+            prompt=prompt, max_tokens=20, drafter=drafter, suggestion=full, stop_after=stop_after))
+        assert res.tokens == full[:stop_at] and res.stop_reason == "stop", drafter

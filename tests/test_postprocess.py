@@ -170,3 +170,13 @@ def test_dedent_trusts_the_editors_indentation_over_the_models_first_line():
     # Without healing the model may start with a stray space; the body that follows is not a dedent.
     raw = " # halve n until it is odd\n    while n % 2 == 0:\n        n //= 2"
     assert postprocess(raw, "    ", "\n", single_line=False) == raw
+
+
+def test_block_ended_agrees_with_the_cut():
+    from gemma_lsp.postprocess import block_ended
+
+    body = "a, b = 0, 1\n    return b\n"
+    assert not block_ended(body, "    ", "\n")
+    assert not block_ended(body + "\n", "    ", "\n")  # blank lines do not end a block
+    assert block_ended(body + "\ndef", "    ", "\n")  # a new top-level statement does
+    assert postprocess(body + "\ndef main():\n    pass", "    ", "\n", single_line=False) == body.rstrip()

@@ -18,6 +18,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     s.add_argument("--drafters", default=None,
                    help="comma-separated (default none,ngram,auto; plus model with --draft-model); none is always run")
     s.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    s.add_argument("--no-block-stop", action="store_true",
+                   help="decode to --max-tokens even past the end of the block (stopAtBlockEnd: false)")
     s.add_argument("--device-script", action="store_true",
                    help="print a ready-to-run shell script for a GPU machine (--device cuda --tasks 40) and exit")
     t = sub.add_parser("typing", help="replay typing a file over real LSP stdio; keystroke latency and reuse")

@@ -221,7 +221,8 @@ def run(args: argparse.Namespace) -> int:
     tasks = humaneval.sample(humaneval.multi_line_tasks(problems, seed=args.seed), args.tasks, args.seed)
     base = Settings().merged({
         "model": args.model, "draftModel": getattr(args, "draft_model", None), "maxTokens": args.max_tokens,
-        "singleLine": "never", "timeBudgetMs": TIME_BUDGET_MS, "dtype": args.dtype, "device": args.device,
+        "singleLine": "never", "timeBudgetMs": TIME_BUDGET_MS,
+        "stopAtBlockEnd": not getattr(args, "no_block_stop", False), "dtype": args.dtype, "device": args.device,
     })
     t0 = time.perf_counter()
     completer = Completer.from_settings(base)

@@ -50,6 +50,10 @@ class GenerateRequest:
     deadline: float | None = None  # time.monotonic() after which decoding stops
     stop_event: threading.Event | None = None
     constraint: Constraint | None = None
+    # Caller's check over the tokens so far; True ends generation after the latest token
+    # (e.g. the text left its code block). It sees the same prefix on every path, so it
+    # never breaks losslessness.
+    stop_after: Callable[[Sequence[int]], bool] | None = None
     language: str = ""  # keys the adaptive draft length
 
 
@@ -218,6 +222,8 @@ class Engine:
             ctx.append(nxt)
             if nxt in req.newline_ids:
                 return "newline"
+            if req.stop_after is not None and req.stop_after(out):
+                return "stop"
             if len(out) >= req.max_tokens:
                 return "max_tokens"
             if (reason := stopped(step_s)) is not None:
@@ -261,6 +267,8 @@ class Engine:
                 ctx.append(t)
                 if t in req.newline_ids:
                     return "newline"
+                if req.stop_after is not None and req.stop_after(out):
+                    return "stop"
                 if len(out) >= req.max_tokens:
                     return "max_tokens"
 
