@@ -23,6 +23,13 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: str | Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(Path(path))
+    plt.close(fig)
+    return Path(path)
+
+
 def latency_cdf(typing: dict[str, Any], path: str | Path, goals: dict[str, float] | None = None) -> Path:
     """Empirical CDF of keystroke latencies (seconds), all keystrokes and model runs only."""
     plt = _plt()
@@ -50,11 +57,7 @@ def latency_cdf(typing: dict[str, Any], path: str | Path, goals: dict[str, float
     ax.set_title(f"Keystroke latency CDF{' - ' + name if name else ''}")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def speedup(spec: dict[str, Any], path: str | Path) -> Path:
@@ -84,11 +87,7 @@ def speedup(spec: dict[str, Any], path: str | Path) -> Path:
     ax.set_title(f"Speculative decoding speedup per drafter ({m.get('device', '?')} {m.get('dtype', '?')})")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def pass_at_1(quality: dict[str, Any], path: str | Path) -> Path:
@@ -123,11 +122,7 @@ def pass_at_1(quality: dict[str, Any], path: str | Path) -> Path:
                  f"{m.get('dtype', '?')})", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, ncol=max(1, len(kinds)), loc="upper right")
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def make_all(out_dir: str | Path, quality: dict[str, Any] | None = None, speculative: dict[str, Any] | None = None,
