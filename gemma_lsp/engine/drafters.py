@@ -15,6 +15,7 @@ from typing import Protocol
 import torch
 
 from .cache import PrefixCache, common_prefix, truncate
+from .costs import CostCurve
 
 
 @dataclass
@@ -255,7 +256,10 @@ class AutoDrafter:
 
     def propose(self, ctx: Sequence[int], k: int) -> Draft:
         for d in self.drafters:
-            draft = d.propose(ctx, min(k, self.k_for(d.name)))
+            n = min(k, self.k_for(d.name))
+            if n <= 0:
+                continue
+            draft = d.propose(ctx, n)
             if draft.tokens:
                 self.last = d.name
                 return draft
@@ -272,9 +276,14 @@ class DraftLength:
     """Per-(language, drafter) draft length from measured acceptance.
 
     All k accepted -> k += 2 (code earns long drafts); otherwise k shrinks to what was
-    accepted + 1 (at most k - 1), within [k_min, k_max]. A failed draft then costs
-    little: verifying 1-2 extra tokens is a few percent of a forward on CPU, against
-    ~12-30 % for 8. `acceptance` is an exponential moving average of accepted/proposed.
+    accepted + 1 (at most k - 1), within [k_min, k_max]. `acceptance` is an exponential
+    moving average of accepted/proposed.
+
+    With a measured cost curve (costs.py), k is further capped at the length that
+    maximizes expected tokens per millisecond; when no draft pays (best length 0), the
+    drafter is skipped and only probed with one token every `probe_every` steps, so its
+    acceptance can recover. A failed probe costs cost(2)/cost(1) - 1 (~13 % here), so
+    the probes cost at most ~2 % against plain decoding.
     """
 
     k_init: int = 8
@@ -283,10 +292,20 @@ class DraftLength:
     decay: float = 0.8
     k: dict[tuple[str, str], int] = field(default_factory=dict)
     acceptance: dict[tuple[str, str], float] = field(default_factory=dict)
+    cost: CostCurve | None = None
+    probe_every: int = 8
+    skipped: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def get(self, key: tuple[str, str]) -> int:
         # The suggestion is the model's own earlier output: bet on all of it from the start.
-        return self.k.get(key, self.k_max if key[1] == "suggestion" else self.k_init)
+        k = self.k.get(key, self.k_max if key[1] == "suggestion" else self.k_init)
+        if self.cost is None or key not in self.acceptance:
+            return k
+        best = self.cost.best_k(self.acceptance[key], k)
+        if best > 0:
+            return best
+        self.skipped[key] = self.skipped.get(key, 0) + 1
+        return 1 if self.skipped[key] % self.probe_every == 0 else 0
 
     def update(self, key: tuple[str, str], proposed: int, accepted: int) -> None:
         if proposed <= 0:

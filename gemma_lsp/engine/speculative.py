@@ -25,6 +25,7 @@ import torch
 
 from ..names import DRAFTERS
 from .cache import PrefixCache, truncate
+from .costs import CostCurve
 from .drafters import (AssistantDrafter, AutoDrafter, Draft, Drafter, DraftLength, ModelDrafter, NGramDrafter, NoDrafter,
                        SuggestionDrafter)
 
@@ -96,6 +97,7 @@ class Engine:
         cache_bytes: int = 2 << 30,
         draft_cache_bytes: int = 512 << 20,
         assistant: torch.nn.Module | None = None,
+        cost: CostCurve | None = None,
     ) -> None:
         self.model = model.eval()
         self.draft_model = draft_model.eval() if draft_model is not None else None
@@ -104,7 +106,11 @@ class Engine:
         self.device = next(model.parameters()).device
         self.cache = PrefixCache(cache_bytes)
         self.draft_cache = PrefixCache(draft_cache_bytes)
-        self.draft_length = DraftLength()
+        self.cost = cost  # measured forward cost by rows; caps draft lengths where it is known
+        self.draft_length = self.new_draft_length()
+
+    def new_draft_length(self) -> DraftLength:
+        return DraftLength(cost=self.cost)
 
     # --- drafters -------------------------------------------------------------------
 
@@ -236,7 +242,7 @@ class Engine:
             if not constrained:
                 # auto picks each sub-drafter's own length; it only needs the room left
                 k = room if isinstance(drafter, AutoDrafter) else min(self.draft_length.get((lang, drafter.name)), room)
-                draft = drafter.propose(ctx, k)
+                draft = drafter.propose(ctx, k) if k > 0 else Draft([])
                 name = getattr(drafter, "last", drafter.name)
             # Verify [nxt, d1..dk] in one forward.
             feed = [nxt] + draft.tokens

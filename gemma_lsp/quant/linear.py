@@ -1,0 +1,137 @@
+"""Weight-only quantized Linear layers on torch's CPU kernels.
+
+Decode on a CPU is bound by the bytes of weights read per token: bf16 reads 2 bytes
+per weight, int8 1, int4 0.5 (+ 8 bytes of scale and zero per 32 weights). The
+activations stay in floating point; only the weights are integers.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+GROUP = 32
+INNER_K_TILES = 2  # the CPU packer's tiling; the kernel reads it back from the packed shape
+
+
+def pack_int4(q: torch.Tensor) -> torch.Tensor:
+    """q: uint8 [N, K] in 0..15 -> torch's packed CPU int4 layout."""
+    return torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), INNER_K_TILES)
+
+
+def nibbles(q: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, K] in 0..15 -> uint8 [N, K/2]: even k in the low nibble (the on-disk form)."""
+    return (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()
+
+
+def unnibble(p: torch.Tensor) -> torch.Tensor:
+    return torch.stack([p & 0x0F, p >> 4], dim=-1).reshape(p.shape[0], -1)
+
+
+class Int4Linear(nn.Module):
+    """y = x · dequant(W)ᵀ + b with W = (q − 8)·scale + zero per group of 32 along K."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("packed", torch.empty(0, dtype=torch.uint8), persistent=False)
+        # [K/32, N, 2]: (scale, zero) per group and output row, in the activation dtype
+        self.register_buffer("scales_zeros", torch.empty(in_features // GROUP, out_features, 2, dtype=dtype),
+                             persistent=False)
+        self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype), requires_grad=False) if bias else None
+
+    def set_weight(self, q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> None:
+        """q: uint8 [N, K]; scale, zero: float32 [N, K/32]."""
+        self.packed = pack_int4(q)
+        sz = torch.stack([scale.t(), zero.t()], dim=-1)
+        self.scales_zeros = sz.to(self.scales_zeros.dtype).contiguous()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, shape[-1]), self.packed, GROUP,
+                                                         self.scales_zeros)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features)
+
+
+class Int8Linear(nn.Module):
+    """y = x · (q·scale)ᵀ + b with one scale per output row."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("q", torch.empty(out_features, in_features, dtype=torch.int8), persistent=False)
+        self.register_buffer("scale", torch.empty(out_features, dtype=dtype), persistent=False)
+        self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype), requires_grad=False) if bias else None
+
+    def set_weight(self, q: torch.Tensor, scale: torch.Tensor) -> None:
+        self.q = q.contiguous()
+        self.scale = scale.to(self.scale.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, shape[-1]), self.q, self.scale)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features)
+
+
+class W8A8Linear(nn.Module):
+    """Integer matmul: int8 weights (one scale per output row) × int8 activations (one scale per token).
+
+    y[m, n] = s_x[m] · s_w[n] · Σ_k xq[m, k] · wq[n, k]. The sum is exact in int32, and each
+    token's row is quantized on its own, so a token's output does not depend on which
+    other tokens share the forward: verifying k drafts in one call computes, for each
+    position, what a one-token forward computes. That keeps speculation lossless.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("q", torch.empty(out_features, in_features, dtype=torch.int8), persistent=False)
+        self.register_buffer("scale", torch.empty(out_features, dtype=torch.float32), persistent=False)
+        self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype), requires_grad=False) if bias else None
+
+    def set_weight(self, q: torch.Tensor, scale: torch.Tensor) -> None:
+        self.q = q.contiguous()
+        self.scale = scale.float()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1]).float()
+        sx = x2.abs().amax(dim=-1, keepdim=True).clamp_(min=1e-12) / 127.0
+        xq = torch.round(x2 / sx).to(torch.int8)
+        acc = torch._int_mm(xq, self.q.t())  # [M, N] int32, exact
+        y = (acc.float() * sx * self.scale).to(x.dtype)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features)
+
+
+class HybridLinear(nn.Module):
+    """The quantized kernel for a few rows (decode, verify), the dense weight for many (prefill).
+
+    Integer weight-only kernels read half or a quarter of the bytes per token, but they
+    redo the dequantization for every row: at 8+ rows a dense bf16 matmul (AMX) wins.
+    Each row's result depends only on that row, on either path, so verifying k drafts
+    in one forward computes what k one-token forwards compute.
+    """
+
+    def __init__(self, dense: nn.Linear, quant: nn.Module, max_rows: int = 8) -> None:
+        super().__init__()
+        self.max_rows = max_rows  # set from the measured cost table (set_max_rows)
+        self.dense = dense
+        self.quant = quant
+        self.in_features, self.out_features = dense.in_features, dense.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.numel() // self.in_features <= self.max_rows:
+            return self.quant(x)
+        return self.dense(x)
+
+
+def set_max_rows(model: nn.Module, rows: int) -> None:
+    for m in model.modules():
+        if isinstance(m, HybridLinear):
+            m.max_rows = rows

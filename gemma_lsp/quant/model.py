@@ -1,0 +1,137 @@
+"""Keep a GGUF's own quantized weights next to its bf16 copy, and run them.
+
+`build()` runs once per model (at `prepare`, ~30 s): every Linear weight of the GGUF
+is converted to torch's int4 / int8 CPU form (see blocks.py) and saved in one
+safetensors file inside the prepared directory. Before saving, each weight is checked
+against the bf16 copy transformers made of the same tensor: equal after rounding to
+bf16, or the build stops. That proves the name mapping and the block decoding, and
+refuses architectures whose GGUF stores weights permuted.
+
+`attach()` swaps each Linear of a loaded bf16 model for a HybridLinear: the quantized
+kernel for a few rows, the dense bf16 weight for prefill.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import ModelError
+from . import blocks
+from .linear import HybridLinear, Int4Linear, Int8Linear, nibbles, unnibble
+
+QUANT_FILE = "gguf-weights.safetensors"
+FORMAT = "gemma-lsp-gguf-weights/1"
+
+
+def quant_path(model_dir: Path) -> Path:
+    return model_dir / QUANT_FILE
+
+
+def build(gguf: Path, model_dir: Path) -> Path:
+    """Convert `gguf`'s Linear weights for the bf16 model in `model_dir`; write them atomically."""
+    from gguf import GGUFReader
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.modeling_gguf_pytorch_utils import TensorProcessor, get_gguf_hf_weights_map
+
+    print(f"Extracting the quantized weights of {gguf.name} (one time)...", flush=True)
+    reader = GGUFReader(gguf)
+    tensors = {t.name: t for t in reader.tensors}
+    config = AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    hf_to_gguf = {hf: g for g, hf in get_gguf_hf_weights_map(skeleton, TensorProcessor()).items()}
+    out: dict[str, torch.Tensor] = {}
+    kinds = {"int4": 0, "int8": 0, "dense": 0}
+    shards = sorted(model_dir.glob("*.safetensors"))
+    handles = [safe_open(s, "pt") for s in shards if s.name != QUANT_FILE]
+    for name, mod in skeleton.named_modules():
+        if not isinstance(mod, nn.Linear):
+            continue
+        g = tensors.get(hf_to_gguf.get(f"{name}.weight", ""))
+        if g is None:  # e.g. an lm_head tied to the embeddings: stays dense
+            kinds["dense"] += 1
+            continue
+        k, n = (int(d) for d in g.shape)
+        raw = np.asarray(g.data)
+        w = blocks.convert(raw, g.tensor_type, n, k)
+        if w is None or (isinstance(w, blocks.Int4Weight) and (k % blocks.GROUP or n % 8)):
+            kinds["dense"] += 1
+            continue
+        ref = _bf16_weight(handles, f"{name}.weight")
+        exact = w.dequantize() if isinstance(w, blocks.Int4Weight) else _dequant(raw, g.tensor_type, n, k)
+        if ref is None or ref.shape != (n, k) or not torch.equal(torch.from_numpy(exact).bfloat16(), ref):
+            raise ModelError(
+                f"{gguf.name}: tensor {g.name} does not match {name}.weight of the converted model; this "
+                "architecture stores its weights differently in GGUF. Run it with dtype bfloat16 instead"
+            )
+        if isinstance(w, blocks.Int4Weight):
+            out[f"{name}.q4"] = nibbles(torch.from_numpy(w.q))
+            out[f"{name}.q4_scale"] = torch.from_numpy(w.scale)
+            out[f"{name}.q4_zero"] = torch.from_numpy(w.zero)
+            kinds["int4"] += 1
+        else:
+            out[f"{name}.q8"] = torch.from_numpy(w.q)
+            out[f"{name}.q8_scale"] = torch.from_numpy(w.scale)
+            kinds["int8"] += 1
+    dest = quant_path(model_dir)
+    fd, tmp = tempfile.mkstemp(prefix=f".{QUANT_FILE}.", dir=model_dir)
+    os.close(fd)
+    try:
+        save_file(out, tmp, metadata={"format": FORMAT, "source": gguf.name, "kinds": json.dumps(kinds)})
+        os.replace(tmp, dest)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise ModelError(f"could not write {dest}: {e}") from e
+    return dest
+
+
+def attach(model: nn.Module, path: Path, max_rows: int = 8) -> dict[str, int]:
+    """Swap the Linears named in `path` for HybridLinears; return how many of each kind."""
+    from safetensors import safe_open
+
+    dtype = next(model.parameters()).dtype
+    counts = {"int4": 0, "int8": 0}
+    with safe_open(path, "pt") as f:
+        if f.metadata().get("format") != FORMAT:
+            raise ModelError(f"{path} is not a gemma-lsp weights file (format {f.metadata().get('format')!r})")
+        keys = set(f.keys())
+        for name, mod in list(model.named_modules()):
+            if not isinstance(mod, nn.Linear):
+                continue
+            has_bias = mod.bias is not None
+            if f"{name}.q4" in keys:
+                q = Int4Linear(mod.in_features, mod.out_features, False, dtype)
+                q.set_weight(unnibble(f.get_tensor(f"{name}.q4")), f.get_tensor(f"{name}.q4_scale"),
+                             f.get_tensor(f"{name}.q4_zero"))
+                counts["int4"] += 1
+            elif f"{name}.q8" in keys:
+                q = Int8Linear(mod.in_features, mod.out_features, False, dtype)
+                q.set_weight(f.get_tensor(f"{name}.q8"), f.get_tensor(f"{name}.q8_scale"))
+                counts["int8"] += 1
+            else:
+                continue
+            if has_bias:
+                q.bias = mod.bias
+            parent, _, leaf = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, leaf, HybridLinear(mod, q, max_rows))
+    return counts
+
+
+def _bf16_weight(handles: list, key: str) -> torch.Tensor | None:
+    for h in handles:
+        if key in h.keys():
+            return h.get_tensor(key)
+    return None
+
+
+def _dequant(raw: np.ndarray, qtype, n: int, k: int) -> np.ndarray:
+    return blocks.quants.dequantize(raw, qtype).reshape(n, k)
