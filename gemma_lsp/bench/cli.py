@@ -62,6 +62,19 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     q.add_argument("--dtype", default="auto", help="auto | bfloat16 | float32 | float16")
     q.add_argument("--device", default="auto")
     q.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    v = sub.add_parser("vs-llama-cpp", help="ours vs llama.cpp on the same GGUF, prompts and machine "
+                                            "(needs the llama-cpp extra)")
+    v.add_argument("--gguf", help="the GGUF llama.cpp runs (default: the embedded model's, assembled from its parts)")
+    v.add_argument("--model", help="our side's model (default: the embedded model; with --gguf: that file)")
+    v.add_argument("--dtype", default="auto", help="our side: auto (CPU: the GGUF's own weights) | gguf | bfloat16")
+    v.add_argument("--tasks", type=int, default=30, help="single-line HumanEval-infilling tasks (default 30)")
+    v.add_argument("--keystrokes", type=int, default=10, help="tasks followed by one typed character (default 10)")
+    v.add_argument("--seed", type=int, default=1, help="task sample seed (default 1: not bench quality's 0)")
+    v.add_argument("--max-tokens", type=int, default=64)
+    v.add_argument("--prefill-tokens", type=int, default=512)
+    v.add_argument("--decode-prompts", type=int, default=4)
+    v.add_argument("--decode-tokens", type=int, default=64)
+    v.add_argument("--json", metavar="FILE")
     a = sub.add_parser("all", help="quality + speculative + typing; one results.json, summary.md and PNG plots")
     a.add_argument("--out", metavar="DIR", help="output folder (default bench-results/<date>)")
     a.add_argument("--quality-tasks", type=int, default=20,
@@ -90,6 +103,10 @@ def run_bench(args: argparse.Namespace) -> int:
         from .speculative import run
 
         return run(args)
+    if args.bench == "vs-llama-cpp":
+        from .vs_llama_cpp import run as run_vs
+
+        return run_vs(args)
     from .typing import run as run_typing
 
     return run_typing(args)

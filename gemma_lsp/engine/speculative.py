@@ -237,6 +237,10 @@ class Engine:
             # Draft (never while a constraint is active, nor past max_tokens).
             draft = Draft([])
             room = req.max_tokens - len(out)
+            if self.cost is not None and self.cost.max_rows:
+                # Verify on the same quantized kernel as a one-token step (never the dense
+                # prefill path), so every position computes what plain decoding computes.
+                room = min(room, self.cost.max_rows - 1)
             constrained = req.constraint is not None and req.constraint(out) is not None
             name = getattr(drafter, "last", drafter.name)
             if not constrained:

@@ -1,0 +1,112 @@
+"""llama.cpp (through llama-cpp-python) behind our Engine's interface, for side-by-side runs.
+
+It takes the very GenerateRequest our pipeline builds (prompt ids, stop and newline
+ids, max tokens, the token-healing constraint, the block-end check) and returns a
+GenerateResult, so both engines see the same prompts, stops and post-processing.
+llama.cpp keeps its own prompt cache: `generate` reuses the longest common prefix of
+the previous call's tokens, which is what a keystroke costs there.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..engine.speculative import GenerateRequest, GenerateResult, Stats
+
+
+class _NoCache:
+    def __init__(self, on_clear=None) -> None:
+        self._on_clear = on_clear
+
+    def clear(self) -> None:
+        if self._on_clear:
+            self._on_clear()
+
+
+class LlamaCppEngine:
+    name = "llama.cpp"
+
+    def __init__(self, gguf: Path, n_ctx: int = 4096, threads: int | None = None) -> None:
+        try:
+            from llama_cpp import Llama
+        except ImportError:
+            raise SystemExit("bench vs-llama-cpp needs llama-cpp-python: pip install 'gemma-lsp[llama-cpp]' "
+                             "(it builds llama.cpp from source, ~5 min)") from None
+        threads = threads or os.cpu_count() or 1
+        self.llm = Llama(str(gguf), n_ctx=n_ctx, n_threads=threads, n_threads_batch=threads, verbose=False)
+        self.threads = threads
+        self.cache = _NoCache(self.reset)  # the bench clears caches between cold tasks
+        self.draft_cache = _NoCache()
+
+    def reset(self) -> None:
+        self.llm.reset()
+
+    def generate(self, req: GenerateRequest) -> GenerateResult:
+        """Greedy only (temperature 0): the comparison is about speed at equal output rules."""
+        llm = self.llm
+        stats = Stats(prompt_tokens=len(req.prompt), drafter="none")
+        prev = list(llm._input_ids)  # what llama.cpp holds before this call
+        stats.reused_tokens = _common(prev, req.prompt)
+        out: list[int] = []
+        processors = None
+        if req.constraint is not None:
+            constraint = req.constraint
+
+            def healed(_ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+                mask = constraint(out)
+                if mask is None:
+                    return scores
+                m = mask.numpy()
+                allowed = np.zeros(scores.shape[0], dtype=bool)
+                allowed[: min(len(m), scores.shape[0])] = m[: scores.shape[0]]
+                return np.where(allowed, scores, -np.inf).astype(scores.dtype)
+
+            processors = [healed]
+
+        t0 = time.perf_counter()
+        t_first = None
+        reason = "max_tokens"
+        gen = llm.generate(req.prompt, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0,
+                           logits_processor=processors)
+        for tok in gen:
+            if t_first is None:
+                t_first = time.perf_counter()
+            if req.stop_event is not None and req.stop_event.is_set():
+                reason = "cancelled"
+                break
+            if tok in req.stop_ids or tok == llm.token_eos():
+                reason = "stop"
+                break
+            out.append(int(tok))
+            if tok in req.newline_ids:
+                reason = "newline"
+                break
+            if req.stop_after is not None and req.stop_after(out):
+                reason = "stop"
+                break
+            if len(out) >= req.max_tokens:
+                break
+            if req.deadline is not None and time.monotonic() > req.deadline:
+                reason = "time"
+                break
+        gen.close()
+        t1 = time.perf_counter()
+        t_first = t_first or t1
+        stats.prefill_ms = (t_first - t0) * 1e3  # new prompt tokens + the first token
+        stats.decode_ms = (t1 - t_first) * 1e3
+        stats.tokens = len(out)
+        stats.target_forwards = 1 + len(out)
+        return GenerateResult(out, reason, stats)
+
+
+def _common(a: list[int], b: list[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n

@@ -1,0 +1,241 @@
+"""`gemma-lsp bench vs-llama-cpp`: our engine and llama.cpp on the same GGUF, prompts and machine.
+
+Both engines get the same token ids from our prompt builder, the same stops, the same
+token-healing constraint and the same post-processing (llama.cpp through the adapter
+in llama_engine.py), so only the engines differ. Figures:
+  prefill tok/s     one cold prompt of --prefill-tokens tokens
+  decode tok/s      --decode-tokens greedy tokens after each of a few HumanEval prompts,
+                    no stops; ours plain (drafter none) and with speculation (auto)
+  per-task latency  single-line HumanEval-infilling tasks, cold cache, whole pipeline
+  keystroke         after each task, type the next character and ask again: the prompt
+                    extends the cached one; time to the first token and to the answer
+  pass@1            of the per-task completions
+Ratios are ours ÷ llama.cpp as speed (> 1: ours faster). Nothing here asserts speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+
+@contextlib.contextmanager
+def default_gguf() -> Iterator[Path]:
+    """The embedded default model's GGUF, assembled from its PyPI parts into a temp dir."""
+    from .. import default_model
+    from ..convert import assemble
+
+    parts = default_model.part_paths()
+    with tempfile.TemporaryDirectory(prefix="gemma-lsp-gguf-") as work:
+        path = Path(work) / f"{default_model.NAME}-q4_k_m.gguf"
+        assemble(parts, path, default_model.SIZE, default_model.SHA256, desc="Assembling the default GGUF")
+        yield path
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.gguf:
+        return _run(args, Path(args.gguf))
+    if args.model not in (None, "", "default"):
+        raise SystemExit("with --model, also give --gguf (the same model's .gguf for llama.cpp)")
+    with default_gguf() as path:
+        return _run(args, path)
+
+
+def _run(args: argparse.Namespace, gguf: Path) -> int:
+    from ..completer import Completer
+    from ..config import Settings
+    from . import humaneval
+    from .llama_engine import LlamaCppEngine
+    from .speculative import _loadavg, machine_info
+
+    base = Settings().merged({"model": args.model or (str(gguf) if args.gguf else None), "dtype": args.dtype,
+                              "timeBudgetMs": 60_000, "maxTokens": args.max_tokens})
+    t0 = time.perf_counter()
+    completer = Completer.from_settings(base)
+    ours_load = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    llama = LlamaCppEngine(gguf)
+    llama_load = time.perf_counter() - t0
+    ours = completer.engine
+    info = machine_info(completer, args)
+    info.update(weights=completer.target.weights, llama_cpp_threads=llama.threads, gguf=gguf.name,
+                load_s={"ours": round(ours_load, 2), "llama.cpp": round(llama_load, 2)},
+                cost_curve_ms={k: round(v, 1) for k, v in (ours.cost.ms.items() if ours.cost else [])},
+                date=time.strftime("%Y-%m-%d"))
+    print(f"ours: {completer.target.weights}; llama.cpp: {llama.threads} threads; load average {_loadavg()}",
+          file=sys.stderr)
+
+    problems = humaneval.load_problems()
+    engines = {"ours": ours, "llama.cpp": llama}
+    res: dict[str, Any] = {"info": info}
+    res["prefill"] = prefill(completer, engines, problems, args.prefill_tokens)
+    res["decode"] = decode(completer, engines, problems, args.decode_prompts, args.decode_tokens)
+    tasks = humaneval.sample(humaneval.single_line_tasks(problems), args.tasks, args.seed)
+    res["tasks"] = per_task(completer, engines, tasks, args.keystrokes)
+    res["summary"] = summarize(res)
+    print(table(res["summary"]))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
+    return 0
+
+
+def _ids(completer, text: str, n: int) -> list[int]:
+    ids = completer.prompter.encode(text)
+    return ids[:n]
+
+
+def prefill(completer, engines, problems, n_tokens: int) -> dict[str, Any]:
+    """Cold prompt of n_tokens: tokens per second of the prompt pass (best of 2)."""
+    from ..engine.speculative import GenerateRequest
+
+    text = "\n\n".join(p["prompt"] + p["canonical_solution"] for p in problems.values())
+    prompt = _ids(completer, text, n_tokens)
+    out: dict[str, Any] = {"tokens": len(prompt)}
+    for name, eng in engines.items():
+        best = float("inf")
+        for _ in range(2):
+            eng.cache.clear()
+            r = eng.generate(GenerateRequest(prompt=prompt, max_tokens=1, drafter="none"))
+            best = min(best, r.stats.prefill_ms)
+        out[name] = {"ms": round(best, 1), "tok_s": round(len(prompt) / best * 1e3, 1)}
+        print(f"prefill {len(prompt)} tokens: {name} {best / 1e3:.2f} s", file=sys.stderr)
+    eng_clear(engines)
+    return out
+
+
+def decode(completer, engines, problems, n_prompts: int, n_tokens: int) -> dict[str, Any]:
+    """n_tokens greedy tokens after each of n_prompts HumanEval prompts, no stops."""
+    from ..engine.speculative import GenerateRequest
+
+    prompts = [completer.prompter.encode(p["prompt"]) for p in list(problems.values())[:n_prompts]]
+    runs = {"ours (plain)": ("ours", "none"), "ours (speculative)": ("ours", "auto"), "llama.cpp": ("llama.cpp", "none")}
+    out: dict[str, Any] = {"prompts": len(prompts), "tokens": n_tokens}
+    outputs: dict[str, list[list[int]]] = {}
+    for label, (name, drafter) in runs.items():
+        eng = engines[name]
+        toks = ms = 0.0
+        outputs[label] = []
+        for p in prompts:
+            eng.cache.clear()
+            r = eng.generate(GenerateRequest(prompt=p, max_tokens=n_tokens, drafter=drafter))
+            toks += len(r.tokens) - 1  # the first token comes with the prompt pass
+            ms += r.stats.decode_ms
+            outputs[label].append(r.tokens)
+        out[label] = {"tok_s": round(toks / ms * 1e3, 2), "ms_per_token": round(ms / toks, 1)}
+        print(f"decode: {label} {toks / ms * 1e3:.1f} tok/s", file=sys.stderr)
+    out["speculative_identical_to_plain"] = outputs["ours (speculative)"] == outputs["ours (plain)"]
+    out["same_tokens_as_llama_cpp"] = sum(a == b for a, b in zip(outputs["ours (plain)"], outputs["llama.cpp"]))
+    eng_clear(engines)
+    return out
+
+
+def per_task(completer, engines, tasks, keystrokes: int) -> dict[str, Any]:
+    """Whole-pipeline latency per cold task, pass@1, then one keystroke that extends the prompt."""
+    from ..completer import Snapshot
+    from ..config import Settings
+    from .quality import Grader
+
+    grader = Grader()
+    settings = Settings().merged({"timeBudgetMs": 60_000, "singleLine": "auto"})
+    ours_engine = completer.engine
+    out: dict[str, Any] = {}
+    for name, eng in engines.items():
+        completer.engine = eng
+        rows = []
+        for i, task in enumerate(tasks):
+            uri = f"file:///humaneval/{task.task_id.replace('/', '_')}.py"
+            snap = Snapshot(uri=uri, text=task.prefix + task.suffix, offset=len(task.prefix), language="python",
+                            path="task.py")
+            completer.forget(uri)
+            eng.cache.clear()
+            c = completer.complete(snap, settings, instant=False)
+            row = {"task": task.task_id, "ms": round(c.ms, 1), "tokens": c.stats.tokens, "text": c.text,
+                   "passed": bool(grader(task, c.text).passed)}
+            if i < keystrokes and task.middle.strip():
+                typed = task.middle.lstrip()[0]  # the next character the user types
+                pos = len(task.prefix) + len(task.middle) - len(task.middle.lstrip())
+                text = task.prefix + task.middle[: pos - len(task.prefix)] + typed + task.suffix
+                k = Snapshot(uri=uri, text=text, offset=pos + 1, language="python", path="task.py")
+                completer.forget(uri)  # no typed-through shortcut: measure the engine
+                kc = completer.complete(k, settings, instant=False)
+                row["key_ms"] = round(kc.ms, 1)
+                row["key_first_token_ms"] = round(kc.stats.prefill_ms, 1)
+                row["key_new_tokens"] = kc.stats.prompt_tokens - kc.stats.reused_tokens
+            rows.append(row)
+            print(f"[{name} {i + 1}/{len(tasks)}] {task.task_id} {c.ms / 1e3:.2f} s "
+                  f"{'pass' if row['passed'] else 'fail'}", file=sys.stderr)
+        out[name] = rows
+    completer.engine = ours_engine
+    return out
+
+
+def eng_clear(engines) -> None:
+    for eng in engines.values():
+        eng.cache.clear()
+
+
+def summarize(res: dict[str, Any]) -> dict[str, Any]:
+    t = res["tasks"]
+
+    def med(name: str, key: str) -> float | None:
+        xs = [r[key] for r in t[name] if key in r]
+        return round(statistics.median(xs), 1) if xs else None
+
+    s: dict[str, Any] = {}
+    for name in ("ours", "llama.cpp"):
+        s[name] = {
+            "prefill_tok_s": res["prefill"][name]["tok_s"],
+            "task_median_ms": med(name, "ms"),
+            "task_mean_ms": round(statistics.fmean(r["ms"] for r in t[name]), 1),
+            "pass_at_1": round(sum(r["passed"] for r in t[name]) / len(t[name]), 3),
+            "key_median_ms": med(name, "key_ms"),
+            "key_first_token_median_ms": med(name, "key_first_token_ms"),
+        }
+    s["ours"]["decode_plain_tok_s"] = res["decode"]["ours (plain)"]["tok_s"]
+    s["ours"]["decode_effective_tok_s"] = res["decode"]["ours (speculative)"]["tok_s"]
+    s["llama.cpp"]["decode_plain_tok_s"] = s["llama.cpp"]["decode_effective_tok_s"] = res["decode"]["llama.cpp"]["tok_s"]
+    o, l = s["ours"], s["llama.cpp"]
+
+    def speed(a: float | None, b: float | None, higher_better: bool) -> float | None:
+        if not a or not b:
+            return None
+        return round(a / b if higher_better else b / a, 2)
+
+    s["ratio"] = {
+        "prefill_tok_s": speed(o["prefill_tok_s"], l["prefill_tok_s"], True),
+        "decode_plain_tok_s": speed(o["decode_plain_tok_s"], l["decode_plain_tok_s"], True),
+        "decode_effective_tok_s": speed(o["decode_effective_tok_s"], l["decode_effective_tok_s"], True),
+        "task_median_ms": speed(o["task_median_ms"], l["task_median_ms"], False),
+        "task_mean_ms": speed(o["task_mean_ms"], l["task_mean_ms"], False),
+        "key_median_ms": speed(o["key_median_ms"], l["key_median_ms"], False),
+        "key_first_token_median_ms": speed(o["key_first_token_median_ms"], l["key_first_token_median_ms"], False),
+        "pass_at_1": round(o["pass_at_1"] - l["pass_at_1"], 3),
+    }
+    s["speculative_identical_to_plain"] = res["decode"]["speculative_identical_to_plain"]
+    return s
+
+
+def table(s: dict[str, Any]) -> str:
+    rows = [
+        ("prefill (tok/s)", "prefill_tok_s"),
+        ("decode, plain (tok/s)", "decode_plain_tok_s"),
+        ("decode, effective (tok/s)", "decode_effective_tok_s"),
+        ("per task, median (ms)", "task_median_ms"),
+        ("per task, mean (ms)", "task_mean_ms"),
+        ("keystroke, first token (ms)", "key_first_token_median_ms"),
+        ("keystroke, answer (ms)", "key_median_ms"),
+        ("pass@1", "pass_at_1"),
+    ]
+    lines = ["| | ours | llama.cpp | ours ÷ llama.cpp (speed; pass@1: difference) |", "|---|---|---|---|"]
+    for label, key in rows:
+        lines.append(f"| {label} | {s['ours'][key]} | {s['llama.cpp'][key]} | {s['ratio'][key]} |")
+    lines.append(f"\nspeculative output identical to plain: {s['speculative_identical_to_plain']}")
+    return "\n".join(lines)
