@@ -157,7 +157,7 @@ def per_task(completer, engines, tasks, keystrokes: int) -> dict[str, Any]:
             completer.forget(uri)
             eng.cache.clear()
             c = completer.complete(snap, settings, instant=False)
-            row = {"task": task.task_id, "ms": round(c.ms, 1), "tokens": c.stats.tokens, "text": c.text,
+            row = {"task": task.task_id, "ms": round(c.latency_ms, 1), "tokens": c.stats.tokens, "text": c.text,
                    "passed": bool(grader(task, c.text).passed)}
             if i < keystrokes and task.middle.strip():
                 typed = task.middle.lstrip()[0]  # the next character the user types
@@ -166,11 +166,11 @@ def per_task(completer, engines, tasks, keystrokes: int) -> dict[str, Any]:
                 k = Snapshot(uri=uri, text=text, offset=pos + 1, language="python", path="task.py")
                 completer.forget(uri)  # no typed-through shortcut: measure the engine
                 kc = completer.complete(k, settings, instant=False)
-                row["key_ms"] = round(kc.ms, 1)
+                row["key_ms"] = round(kc.latency_ms, 1)
                 row["key_first_token_ms"] = round(kc.stats.prefill_ms, 1)
                 row["key_new_tokens"] = kc.stats.prompt_tokens - kc.stats.reused_tokens
             rows.append(row)
-            print(f"[{name} {i + 1}/{len(tasks)}] {task.task_id} {c.ms / 1e3:.2f} s "
+            print(f"[{name} {i + 1}/{len(tasks)}] {task.task_id} {c.latency_ms / 1e3:.2f} s "
                   f"{'pass' if row['passed'] else 'fail'}", file=sys.stderr)
         out[name] = rows
     completer.engine = ours_engine

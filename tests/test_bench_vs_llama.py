@@ -1,0 +1,56 @@
+"""`bench vs-llama-cpp`: the ratios and the table (pure functions), and the CLI wiring.
+
+llama-cpp-python is an optional extra that takes minutes to build, so CI does not
+install it; the adapter itself runs in the benchmark (docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from gemma_lsp.bench.vs_llama_cpp import summarize, table
+
+
+def fake_results() -> dict:
+    def rows(ms: list[float], passed: list[bool], key: list[float]):
+        out = []
+        for i, (m, p) in enumerate(zip(ms, passed)):
+            r = {"task": f"T/{i}", "ms": m, "passed": p, "tokens": 5, "text": "x"}
+            if i < len(key):
+                r.update(key_ms=key[i], key_first_token_ms=key[i] / 2, key_new_tokens=1)
+            out.append(r)
+        return out
+
+    return {
+        "prefill": {"tokens": 512, "ours": {"ms": 2000.0, "tok_s": 256.0}, "llama.cpp": {"ms": 6400.0, "tok_s": 80.0}},
+        "decode": {"ours (plain)": {"tok_s": 7.0}, "ours (speculative)": {"tok_s": 14.0},
+                   "llama.cpp": {"tok_s": 7.0}, "speculative_identical_to_plain": True},
+        "tasks": {"ours": rows([1000, 2000, 3000], [True, True, False], [200, 400]),
+                  "llama.cpp": rows([2000, 4000, 6000], [True, False, False], [100, 300])},
+    }
+
+
+def test_ratios_are_speed_ratios_ours_over_llama_cpp():
+    s = summarize(fake_results())
+    r = s["ratio"]
+    assert r["prefill_tok_s"] == pytest.approx(3.2)
+    assert r["decode_plain_tok_s"] == pytest.approx(1.0)
+    assert r["decode_effective_tok_s"] == pytest.approx(2.0)
+    assert r["task_median_ms"] == pytest.approx(2.0)  # 4000 / 2000: ours twice as fast
+    assert r["key_median_ms"] == pytest.approx(0.67)  # 200 / 300: ours slower on keystrokes here
+    assert r["pass_at_1"] == pytest.approx(2 / 3 - 1 / 3, abs=1e-3)
+    assert s["ours"]["pass_at_1"] == pytest.approx(0.667, abs=1e-3)
+    text = table(s)
+    assert "| per task, median (ms) | 2000 | 4000 | 2.0 |" in text
+    assert "speculative output identical to plain: True" in text
+
+
+def test_cli_has_the_command():
+    import argparse
+
+    from gemma_lsp.bench.cli import add_bench_args
+
+    p = argparse.ArgumentParser()
+    add_bench_args(p)
+    args = p.parse_args(["vs-llama-cpp", "--tasks", "3", "--gguf", "x.gguf"])
+    assert args.bench == "vs-llama-cpp" and args.tasks == 3 and args.gguf == "x.gguf"
