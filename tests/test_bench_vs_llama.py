@@ -24,7 +24,7 @@ def fake_results() -> dict:
     return {
         "prefill": {"tokens": 512, "ours": {"ms": 2000.0, "tok_s": 256.0}, "llama.cpp": {"ms": 6400.0, "tok_s": 80.0}},
         "decode": {"ours (plain)": {"tok_s": 7.0}, "ours (speculative)": {"tok_s": 14.0},
-                   "llama.cpp": {"tok_s": 7.0}, "speculative_identical_to_plain": True},
+                   "llama.cpp": {"tok_s": 7.0}, "speculative_identical_to_plain": "4 of 4"},
         "tasks": {"ours": rows([1000, 2000, 3000], [True, True, False], [200, 400]),
                   "llama.cpp": rows([2000, 4000, 6000], [True, False, False], [100, 300])},
     }
@@ -42,7 +42,7 @@ def test_ratios_are_speed_ratios_ours_over_llama_cpp():
     assert s["ours"]["pass_at_1"] == pytest.approx(0.667, abs=1e-3)
     text = table(s)
     assert "| per task, median (ms) | 2000 | 4000 | 2.0 |" in text
-    assert "speculative output identical to plain: True" in text
+    assert "speculative decode output identical to plain: 4 of 4 prompts" in text
 
 
 def test_cli_has_the_command():

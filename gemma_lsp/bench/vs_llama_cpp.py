@@ -131,7 +131,10 @@ def decode(completer, engines, problems, n_prompts: int, n_tokens: int) -> dict[
             outputs[label].append(r.tokens)
         out[label] = {"tok_s": round(toks / ms * 1e3, 2), "ms_per_token": round(ms / toks, 1)}
         print(f"decode: {label} {toks / ms * 1e3:.1f} tok/s", file=sys.stderr)
-    out["speculative_identical_to_plain"] = outputs["ours (speculative)"] == outputs["ours (plain)"]
+    # bf16 attention rounds a k-row verify differently from a 1-row step: at a near-tie the
+    # two may pick different tokens (ARCHITECTURE.md, invariant 1); count, don't hide it.
+    same = sum(a == b for a, b in zip(outputs["ours (speculative)"], outputs["ours (plain)"]))
+    out["speculative_identical_to_plain"] = f"{same} of {len(prompts)}"
     out["same_tokens_as_llama_cpp"] = sum(a == b for a, b in zip(outputs["ours (plain)"], outputs["llama.cpp"]))
     eng_clear(engines)
     return out
@@ -237,5 +240,5 @@ def table(s: dict[str, Any]) -> str:
     lines = ["| | ours | llama.cpp | ours ÷ llama.cpp (speed; pass@1: difference) |", "|---|---|---|---|"]
     for label, key in rows:
         lines.append(f"| {label} | {s['ours'][key]} | {s['llama.cpp'][key]} | {s['ratio'][key]} |")
-    lines.append(f"\nspeculative output identical to plain: {s['speculative_identical_to_plain']}")
+    lines.append(f"\nspeculative decode output identical to plain: {s['speculative_identical_to_plain']} prompts")
     return "\n".join(lines)
