@@ -112,6 +112,23 @@ def test_each_row_is_computed_alone(dtype):
 
 
 @torch.inference_mode()
+def test_weights_read_at_an_unaligned_offset_are_safe():
+    """safetensors hands out tensors at any offset of its mmap; the int8 kernel's vector loads
+    fault on a misaligned weight (a segfault, seen with Gemma 3 270M's file) unless copied."""
+    n, k = 1024, 640
+    base = torch.randint(-127, 128, (n * k + 64,), dtype=torch.int8)
+    off = next(o for o in range(1, 64) if (base.data_ptr() + o) % 64 == 40)
+    q = base[off : off + n * k].view(n, k)
+    assert q.data_ptr() % 64 == 40
+    layer = Int8Linear(k, n, False, torch.bfloat16)
+    layer.set_weight(q, torch.rand(n) / 100)
+    assert layer.q.data_ptr() % 64 == 0
+    x = torch.randn(8, k, dtype=torch.bfloat16)
+    ref = x.float() @ (q.float() * layer.scale.float()[:, None]).T
+    assert ((layer(x).float() - ref).abs().max() / ref.abs().max()) < 2e-2
+
+
+@torch.inference_mode()
 def test_hybrid_uses_the_kernel_for_few_rows_and_dense_for_many():
     layer, w = _int4_layer(64, 256, torch.float32)
     dense = torch.nn.Linear(256, 64, bias=False)

@@ -19,6 +19,11 @@ def pack_int4(q: torch.Tensor) -> torch.Tensor:
     return torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), INNER_K_TILES)
 
 
+def _aligned(t: torch.Tensor) -> torch.Tensor:
+    """A contiguous copy in memory of its own (64-byte aligned by torch's CPU allocator)."""
+    return t.clone(memory_format=torch.contiguous_format)
+
+
 def nibbles(q: torch.Tensor) -> torch.Tensor:
     """uint8 [N, K] in 0..15 -> uint8 [N, K/2]: even k in the low nibble (the on-disk form)."""
     return (q[:, 0::2] | (q[:, 1::2] << 4)).contiguous()
@@ -44,7 +49,7 @@ class Int4Linear(nn.Module):
         """q: uint8 [N, K]; scale, zero: float32 [N, K/32]."""
         self.packed = pack_int4(q)
         sz = torch.stack([scale.t(), zero.t()], dim=-1)
-        self.scales_zeros = sz.to(self.scales_zeros.dtype).contiguous()
+        self.scales_zeros = _aligned(sz.to(self.scales_zeros.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -66,8 +71,10 @@ class Int8Linear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype), requires_grad=False) if bias else None
 
     def set_weight(self, q: torch.Tensor, scale: torch.Tensor) -> None:
-        self.q = q.contiguous()
-        self.scale = scale.to(self.scale.dtype)
+        # A fresh copy: torch's allocator aligns it to 64 bytes. The kernel's vector loads
+        # fault on a tensor read at an odd offset of a safetensors mmap (seen: offset 40).
+        self.q = _aligned(q)
+        self.scale = _aligned(scale.to(self.scale.dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
@@ -94,8 +101,8 @@ class W8A8Linear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype), requires_grad=False) if bias else None
 
     def set_weight(self, q: torch.Tensor, scale: torch.Tensor) -> None:
-        self.q = q.contiguous()
-        self.scale = scale.float()
+        self.q = _aligned(q)
+        self.scale = _aligned(scale.float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shape = x.shape
