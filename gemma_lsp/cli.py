@@ -111,7 +111,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         # The CPU default runs the GGUF's weights: measure the forward-cost curve now, once,
         # rather than on the first completion (~10 s).
         loaded = load(args.model)
-        curve = cached_measure(loaded.model, f"{loaded.path}|{loaded.weights}", models_dir())
+        curve = cached_measure(loaded.model, f"{loaded.path}|{loaded.weights}", models_dir(),
+                               refresh=args.remeasure)
         print(f"forward cost (ms by tokens): {', '.join(f'{k}: {v:.0f}' for k, v in curve.ms.items())}; "
               f"quantized kernels up to {curve.max_rows} tokens", file=sys.stderr)
     print(f"ready: {path} ({time.perf_counter() - t0:.1f} s)")
@@ -164,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("prepare", help="assemble, verify and convert a model once (default: the embedded model)")
     r.add_argument("--model")
+    r.add_argument("--remeasure", action="store_true",
+                   help="measure the forward-cost curve again (do it on an idle machine)")
     r.set_defaults(func=cmd_prepare)
 
     d = sub.add_parser("doctor", help="check the installation and say how to fix what is missing")

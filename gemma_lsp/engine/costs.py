@@ -99,11 +99,15 @@ def measure(model: torch.nn.Module, rows: Sequence[int] = ROWS, reps: int = 1) -
     return CostCurve({m: min(quant[m], dense[m]) if m <= switch else dense[m] for m in rows}, switch)
 
 
-def cached_measure(model: torch.nn.Module, key: str, directory: Path) -> CostCurve:
-    """`measure`, remembered per (model, weights, torch, CPU) in `directory`."""
+def cached_measure(model: torch.nn.Module, key: str, directory: Path, refresh: bool = False) -> CostCurve:
+    """`measure`, remembered per (model, weights, torch, CPU) in `directory`.
+
+    Measured on a busy machine, the curve is skewed: `gemma-lsp prepare --remeasure` redoes it."""
     ident = f"{key}|{torch.__version__}|{platform.processor()}|{platform.machine()}|{torch.get_num_threads()}|{os.cpu_count()}"
     path = directory / f"cost-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.json"
     try:
+        if refresh:
+            raise OSError("asked to measure again")
         data = json.loads(path.read_text())
         curve = CostCurve({int(k): float(v) for k, v in data["ms"].items()}, int(data["max_rows"]))
         set_max_rows(model, curve.max_rows)
