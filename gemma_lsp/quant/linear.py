@@ -84,38 +84,6 @@ class Int8Linear(nn.Module):
         return y.reshape(*shape[:-1], self.out_features)
 
 
-class W8A8Linear(nn.Module):
-    """Integer matmul: int8 weights (one scale per output row) × int8 activations (one scale per token).
-
-    y[m, n] = s_x[m] · s_w[n] · Σ_k xq[m, k] · wq[n, k]. The sum is exact in int32, and each
-    token's row is quantized on its own, so a token's output does not depend on which
-    other tokens share the forward: verifying k drafts in one call computes, for each
-    position, what a one-token forward computes. That keeps speculation lossless.
-    """
-
-    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype) -> None:
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.register_buffer("q", torch.empty(out_features, in_features, dtype=torch.int8), persistent=False)
-        self.register_buffer("scale", torch.empty(out_features, dtype=torch.float32), persistent=False)
-        self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype), requires_grad=False) if bias else None
-
-    def set_weight(self, q: torch.Tensor, scale: torch.Tensor) -> None:
-        self.q = _aligned(q)
-        self.scale = _aligned(scale.float())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape
-        x2 = x.reshape(-1, shape[-1]).float()
-        sx = x2.abs().amax(dim=-1, keepdim=True).clamp_(min=1e-12) / 127.0
-        xq = torch.round(x2 / sx).to(torch.int8)
-        acc = torch._int_mm(xq, self.q.t())  # [M, N] int32, exact
-        y = (acc.float() * sx * self.scale).to(x.dtype)
-        if self.bias is not None:
-            y = y + self.bias
-        return y.reshape(*shape[:-1], self.out_features)
-
-
 class HybridLinear(nn.Module):
     """The quantized kernel for a few rows (decode, verify), the dense weight for many (prefill).
 
