@@ -233,3 +233,78 @@ def test_measured_curve_sets_the_switch(tmp_path):
     assert all(m.max_rows == curve.max_rows for m in model.modules() if isinstance(m, HybridLinear))
     set_max_rows(model, 8)
     assert all(m.max_rows == 8 for m in model.modules() if isinstance(m, HybridLinear))
+
+
+def _tiny_gguf_pair(tmp_path, vocab: int = 88):
+    """A tiny Qwen2 as a real GGUF file (random Q4_K / Q6_K blocks) plus the bf16 copy
+    transformers would make of it: what `prepare` has on disk before `build` runs."""
+    from gguf import GGUFWriter
+    from transformers import AutoModelForCausalLM, Qwen2Config
+    from transformers.modeling_gguf_pytorch_utils import TensorProcessor, get_gguf_hf_weights_map
+
+    cfg = Qwen2Config(vocab_size=vocab, hidden_size=256, intermediate_size=512, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
+    names = {hf: g for g, hf in get_gguf_hf_weights_map(model, TensorProcessor()).items()}
+    writer = GGUFWriter(tmp_path / "tiny.gguf", "qwen2")
+    for i, (name, mod) in enumerate(model.named_modules()):
+        if not isinstance(mod, torch.nn.Linear):
+            continue
+        qtype = T.Q6_K if name.endswith("down_proj") else T.Q4_K
+        raw = random_blocks(qtype, mod.out_features, mod.in_features, seed=i)
+        writer.add_tensor(names[f"{name}.weight"], raw, raw_dtype=qtype)
+        deq = quants.dequantize(raw, qtype).reshape(mod.out_features, mod.in_features)
+        mod.weight.data = torch.from_numpy(deq).bfloat16()
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    model.save_pretrained(tmp_path / "hf")
+    return tmp_path / "tiny.gguf", tmp_path / "hf"
+
+
+def test_build_and_attach_a_real_gguf_file(tmp_path):
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from gemma_lsp.quant.model import build
+
+    gguf_path, hf = _tiny_gguf_pair(tmp_path)
+    out = build(gguf_path, hf)
+    with safe_open(out, "pt") as f:
+        keys = set(f.keys())
+    assert "model.layers.0.self_attn.q_proj.q4" in keys  # Q4_K -> int4, exact
+    assert "model.layers.0.mlp.down_proj.q8" in keys  # Q6_K -> int8 per row
+    assert "lm_head.q8" in keys  # Q4_K, but 88 rows: torch's int4 packer needs multiples of 16
+    model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.bfloat16)
+    dense = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    counts = attach(model, out)
+    assert counts == {"int4": 6, "int8": 2}
+    x = torch.randn(3, 256, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        for name, w in dense.items():
+            layer = model.get_submodule(name)
+            if layer.in_features != 256:
+                continue
+            ref = x.float() @ w.float().T
+            got = layer.quant(x).float() - (layer.dense.bias.float() if layer.dense.bias is not None else 0)
+            assert ((got - ref).abs().max() / ref.abs().max()) < 3e-2, name
+
+
+def test_build_refuses_a_gguf_that_does_not_match_its_bf16_copy(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from gemma_lsp.errors import ModelError
+    from gemma_lsp.quant.model import QUANT_FILE, build
+
+    gguf_path, hf = _tiny_gguf_pair(tmp_path)
+    st = next(hf.glob("*.safetensors"))
+    tensors = load_file(st)
+    key = "model.layers.0.self_attn.q_proj.weight"
+    tensors[key] = tensors[key].t().contiguous()  # what a permuted layout would look like
+    save_file(tensors, st, metadata={"format": "pt"})
+    with pytest.raises(ModelError, match="does not match"):
+        build(gguf_path, hf)
+    assert not (hf / QUANT_FILE).exists()
+    assert not list(hf.glob(f".{QUANT_FILE}.*"))  # no temp file left behind

@@ -28,6 +28,7 @@ from .linear import HybridLinear, Int4Linear, Int8Linear, nibbles, unnibble
 
 QUANT_FILE = "gguf-weights.safetensors"
 FORMAT = "gemma-lsp-gguf-weights/1"
+INT4_ROWS = 16  # _convert_weight_to_int4pack_for_cpu: "expect N to be dividable by 16"
 
 
 def quant_path(model_dir: Path) -> Path:
@@ -63,11 +64,13 @@ def build(gguf: Path, model_dir: Path) -> Path:
         k, n = (int(d) for d in g.shape)
         raw = np.asarray(g.data)
         w = blocks.convert(raw, g.tensor_type, n, k)
-        if w is None or (isinstance(w, blocks.Int4Weight) and (k % blocks.GROUP or n % 8)):
+        if w is None:
             kinds["dense"] += 1
             continue
-        ref = _bf16_weight(handles, f"{name}.weight")
         exact = w.dequantize() if isinstance(w, blocks.Int4Weight) else _dequant(raw, g.tensor_type, n, k)
+        if isinstance(w, blocks.Int4Weight) and n % INT4_ROWS:
+            w = blocks.int8_from(exact)  # torch's int4 packer needs a multiple of 16 output rows
+        ref = _bf16_weight(handles, f"{name}.weight")
         if ref is None or ref.shape != (n, k) or not torch.equal(torch.from_numpy(exact).bfloat16(), ref):
             raise ModelError(
                 f"{gguf.name}: tensor {g.name} does not match {name}.weight of the converted model; this "
