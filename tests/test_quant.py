@@ -308,3 +308,20 @@ def test_build_refuses_a_gguf_that_does_not_match_its_bf16_copy(tmp_path):
         build(gguf_path, hf)
     assert not (hf / QUANT_FILE).exists()
     assert not list(hf.glob(f".{QUANT_FILE}.*"))  # no temp file left behind
+
+
+def test_a_damaged_weights_file_is_a_clear_error(tmp_path, monkeypatch, tiny_qwen_dir):
+    """load() names the file and the fix instead of a safetensors traceback."""
+    import shutil
+
+    from gemma_lsp.engine import models
+    from gemma_lsp.errors import ModelError
+    from gemma_lsp.quant.model import QUANT_FILE
+
+    _, hf = _tiny_gguf_pair(tmp_path)
+    for f in tiny_qwen_dir.glob("tokenizer*"):
+        shutil.copy(f, hf / f.name)
+    (hf / QUANT_FILE).write_bytes(b"\x00" * 100)  # truncated garbage
+    monkeypatch.setattr(models, "resolve", lambda spec, quant=True: (hf, None))
+    with pytest.raises(ModelError, match="delete it and run `gemma-lsp prepare`"):
+        models.load("x", "cpu", "gguf")

@@ -127,7 +127,13 @@ def load(spec: str | None, device: str = "auto", dtype: str = "auto") -> Loaded:
     model.to(dev).eval()
     weights = str(dt).removeprefix("torch.")
     if qfile is not None:
-        counts = attach(model, qfile)
+        try:
+            counts = attach(model, qfile)
+        except ModelError:
+            raise
+        except Exception as e:  # a damaged file: say which, and how to rebuild it
+            raise ModelError(f"could not read {qfile} ({e}); delete it and run `gemma-lsp prepare` "
+                             "to rebuild it, or use dtype bfloat16") from e
         weights = f"gguf int4 x{counts['int4']} + int8 x{counts['int8']}, bf16 prefill"
     return Loaded(model, tok, name=spec or default_model.NAME, path=path, preset_draft=preset_draft, weights=weights)
 
