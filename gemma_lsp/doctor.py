@@ -31,11 +31,13 @@ def doctor() -> int:
         dev = f"cuda ({torch.cuda.get_device_name(0)})" if cuda else "cpu"
         print(f"device        {dev}; torch build {'CUDA ' + str(torch.version.cuda) if torch.version.cuda else 'CPU-only'}")
         print(f"threads       {torch.get_num_threads()}  cpu capability {torch.backends.cpu.get_cpu_capability()}")
-        print("dtype         bfloat16 (default; --dtype float32 for bit-exact speculative output)")
+        auto = "bfloat16" if cuda else "gguf for GGUF models (int4/int8 decode, bf16 prompt pass), else bfloat16"
+        print(f"dtype         auto = {auto}; --dtype float32 for bit-exact speculative output")
     except ImportError:
         pass
     from . import default_model
     from .convert import is_prepared
+    from .quant.model import quant_path
 
     parts_ok = True
     try:
@@ -49,6 +51,11 @@ def doctor() -> int:
     print(f"model cache   {default_model.prepared_dir()} ({'ready' if ready else 'not prepared'})")
     if not ready and parts_ok:
         problems.append(("the default model is not prepared yet (it will be on first use, ~2 min)", "gemma-lsp prepare"))
+    weights = quant_path(default_model.prepared_dir()).is_file()
+    print(f"GGUF weights  {'ready' if weights else 'not extracted'} (the CPU default; dtype bfloat16 runs without)")
+    if ready and not weights and parts_ok:
+        problems.append(("the GGUF's own weights are not extracted yet (they will be on first use, ~1 min)",
+                         "gemma-lsp prepare"))
     exe = shutil.which("gemma-lsp")
     print(f"executable    {exe or 'gemma-lsp not on PATH'}")
     if exe is None:
