@@ -89,8 +89,8 @@ class HybridLinear(nn.Module):
 
     Integer weight-only kernels read half or a quarter of the bytes per token, but they
     redo the dequantization for every row: at 8+ rows a dense bf16 matmul (AMX) wins.
-    Each row's result depends only on that row, on either path, so verifying k drafts
-    in one forward computes what k one-token forwards compute.
+    On the kernel path each row's result depends only on that row, so verifying k drafts
+    (k < max_rows, the engine's cap) computes what k one-token forwards compute.
     """
 
     def __init__(self, dense: nn.Linear, quant: nn.Module, max_rows: int = 8) -> None:
