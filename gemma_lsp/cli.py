@@ -31,7 +31,7 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft-model", help="draft model (same tokenizer as --model) for --drafter model")
     p.add_argument("--drafter", choices=DRAFTERS, help="speculative drafter (default auto)")
     p.add_argument("--max-tokens", type=int, help="maximum new tokens (default 64)")
-    p.add_argument("--dtype", help="auto | bfloat16 | float32 | float16")
+    p.add_argument("--dtype", help="auto (CPU: a GGUF model runs its own int4/int8 weights) | gguf | bfloat16 | float32 | float16")
     p.add_argument("--device", help="auto | cpu | cuda")
 
 
