@@ -100,9 +100,8 @@ def _language(path: Path) -> str:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from .engine.costs import cached_measure
+    from .engine.costs import curve_for
     from .engine.models import load, pick_device, resolve
-    from .paths import models_dir
     from .quant.model import quant_path
 
     t0 = time.perf_counter()
@@ -110,9 +109,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if quant_path(path).is_file() and pick_device("auto").type == "cpu":
         # The CPU default runs the GGUF's weights: measure the forward-cost curve now, once,
         # rather than on the first completion (~10 s).
-        loaded = load(args.model)
-        curve = cached_measure(loaded.model, f"{loaded.path}|{loaded.weights}", models_dir(),
-                               refresh=args.remeasure)
+        curve = curve_for(load(args.model), refresh=args.remeasure)
         print(f"forward cost (ms by tokens): {', '.join(f'{k}: {v:.0f}' for k, v in curve.ms.items())}; "
               f"quantized kernels up to {curve.max_rows} tokens", file=sys.stderr)
     print(f"ready: {path} ({time.perf_counter() - t0:.1f} s)")

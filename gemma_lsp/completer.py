@@ -14,10 +14,9 @@ from dataclasses import dataclass, field
 from .config import Settings
 from .context import Chunk, select_extras, windows
 from .engine import Engine, GenerateRequest, Stats
-from .engine.costs import CostCurve, cached_measure
+from .engine.costs import CostCurve, curve_for
 from .engine.models import Loaded, load, same_vocab
 from .errors import ModelError
-from .paths import models_dir
 from .postprocess import block_ended, postprocess, single_line_wanted
 from .prompt import Prompter
 
@@ -86,7 +85,7 @@ class Completer:
         draft_spec = settings.draft_model or (str(target.preset_draft) if target.preset_draft else None)
         draft = load(draft_spec, settings.device, settings.dtype) if draft_spec else None
         # Measured once per machine and model (a few seconds), then read from the cache dir.
-        cost = cached_measure(target.model, f"{target.path}|{target.weights}", models_dir())
+        cost = curve_for(target)
         return cls(target, draft, settings, layout, heal, cost)
 
     def newline_ids(self) -> frozenset[int]:

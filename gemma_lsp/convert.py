@@ -84,6 +84,26 @@ def convert_gguf(gguf: Path, dest: Path, source: dict[str, object]) -> Path:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def missing(dest: Path, quant: bool, force: bool = False) -> tuple[bool, bool]:
+    """(bf16 copy to make, GGUF-weights file to make) for a directory prepared from a GGUF."""
+    from .quant.model import quant_path
+
+    need_bf16 = force or not is_prepared(dest)
+    return need_bf16, quant and (need_bf16 or not quant_path(dest).is_file())
+
+
+def make_missing(gguf: Path, dest: Path, source: dict[str, object], need: tuple[bool, bool]) -> Path:
+    """Write what `missing` said is missing, from the GGUF file at hand."""
+    from .quant.model import build
+
+    need_bf16, need_quant = need
+    if need_bf16:
+        convert_gguf(gguf, dest, source)
+    if need_quant:
+        build(gguf, dest)
+    return dest
+
+
 def _os_error(e: OSError, where: Path) -> ModelError:
     if e.errno == errno.ENOSPC:
         return ModelError(

@@ -7,15 +7,15 @@ written last, so a half-finished run is redone, never trusted.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
-from .convert import assemble, convert_gguf, is_prepared
+from .convert import assemble, make_missing, missing
 from .errors import ModelError
 from .paths import models_dir
-from .quant.model import build as build_quant
-from .quant.model import quant_path
 
 NAME = "qwen2.5-coder-1.5b-instruct"
 PARTS = 22
@@ -51,20 +51,23 @@ def prepare(force: bool = False, quant: bool = True) -> Path:
 
     With `quant`, also keep the GGUF's own quantized weights (the CPU default)."""
     dest = prepared_dir()
-    need_bf16 = force or not is_prepared(dest)
-    need_quant = quant and (need_bf16 or not quant_path(dest).is_file())
-    if not need_bf16 and not need_quant:
+    need = missing(dest, quant, force)
+    if not any(need):
         return dest
+    with assembled_gguf(dest.parent) as gguf:
+        return make_missing(gguf, dest, {"name": NAME, "sha256": SHA256, "format": "gguf q4_k_m"}, need)
+
+
+@contextlib.contextmanager
+def assembled_gguf(work_parent: Path | None = None) -> Iterator[Path]:
+    """The default model's GGUF, assembled from its parts and verified, in a temp dir."""
     parts = part_paths()
     size = sum(p.stat().st_size for p in parts)
     if size != SIZE:
         raise ModelError(f"Default model parts add up to {size} bytes, expected {SIZE}. Reinstall with: {INSTALL_HINT}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".assemble-", dir=dest.parent) as work:
+    if work_parent is not None:
+        work_parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".assemble-", dir=work_parent) as work:
         gguf = Path(work) / f"{NAME}-q4_k_m.gguf"
         assemble(parts, gguf, SIZE, SHA256, desc=f"Assembling {NAME}")
-        if need_bf16:
-            convert_gguf(gguf, dest, {"name": NAME, "sha256": SHA256, "format": "gguf q4_k_m"})
-        if need_quant:
-            build_quant(gguf, dest)
-        return dest
+        yield gguf

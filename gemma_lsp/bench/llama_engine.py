@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engine.cache import common_prefix
 from ..engine.speculative import GenerateRequest, GenerateResult, Stats
 
 
@@ -50,7 +51,7 @@ class LlamaCppEngine:
         llm = self.llm
         stats = Stats(prompt_tokens=len(req.prompt), drafter="none")
         prev = list(llm._input_ids)  # what llama.cpp holds before this call
-        stats.reused_tokens = _common(prev, req.prompt)
+        stats.reused_tokens = common_prefix(prev, req.prompt)
         out: list[int] = []
         processors = None
         if req.constraint is not None:
@@ -102,11 +103,3 @@ class LlamaCppEngine:
         stats.target_forwards = 1 + len(out)
         return GenerateResult(out, reason, stats)
 
-
-def _common(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n

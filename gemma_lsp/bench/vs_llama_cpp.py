@@ -16,28 +16,12 @@ Ratios are ours ÷ llama.cpp as speed (> 1: ours faster). Nothing here asserts s
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-
-
-@contextlib.contextmanager
-def default_gguf() -> Iterator[Path]:
-    """The embedded default model's GGUF, assembled from its PyPI parts into a temp dir."""
-    from .. import default_model
-    from ..convert import assemble
-
-    parts = default_model.part_paths()
-    with tempfile.TemporaryDirectory(prefix="gemma-lsp-gguf-") as work:
-        path = Path(work) / f"{default_model.NAME}-q4_k_m.gguf"
-        assemble(parts, path, default_model.SIZE, default_model.SHA256, desc="Assembling the default GGUF")
-        yield path
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,7 +29,9 @@ def run(args: argparse.Namespace) -> int:
         return _run(args, Path(args.gguf))
     if args.model not in (None, "", "default"):
         raise SystemExit("with --model, also give --gguf (the same model's .gguf for llama.cpp)")
-    with default_gguf() as path:
+    from ..default_model import assembled_gguf
+
+    with assembled_gguf() as path:
         return _run(args, path)
 
 

@@ -21,10 +21,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
+from ..paths import models_dir
 from ..quant.linear import HybridLinear, set_max_rows
+
+if TYPE_CHECKING:
+    from .models import Loaded
 
 ROWS = (1, 2, 3, 4, 6, 8, 12, 17)  # measured; others are interpolated
 CONTEXT = 128  # tokens already in the cache when measuring (attention cost is small next to weights)
@@ -123,3 +128,8 @@ def cached_measure(model: torch.nn.Module, key: str, directory: Path, refresh: b
     except OSError:
         pass  # a read-only cache only costs the measurement next time
     return curve
+
+
+def curve_for(loaded: "Loaded", refresh: bool = False) -> CostCurve:
+    """The cached curve of a loaded model, keyed by its directory and what its Linears run."""
+    return cached_measure(loaded.model, f"{loaded.path}|{loaded.weights}", models_dir(), refresh)

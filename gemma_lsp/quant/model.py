@@ -63,13 +63,16 @@ def build(gguf: Path, model_dir: Path) -> Path:
             continue
         k, n = (int(d) for d in g.shape)
         raw = np.asarray(g.data)
-        w = blocks.convert(raw, g.tensor_type, n, k)
-        if w is None:
+        if g.tensor_type in blocks.FLOAT_TYPES:
             kinds["dense"] += 1
             continue
-        exact = w.dequantize() if isinstance(w, blocks.Int4Weight) else _dequant(raw, g.tensor_type, n, k)
-        if isinstance(w, blocks.Int4Weight) and n % INT4_ROWS:
-            w = blocks.int8_from(exact)  # torch's int4 packer needs a multiple of 16 output rows
+        w: blocks.Int4Weight | blocks.Int8Weight
+        if g.tensor_type in blocks.INT4_TYPES and n % INT4_ROWS == 0:  # torch packs int4 by 16 rows
+            w = blocks.convert(raw, g.tensor_type, n, k)
+            exact = w.dequantize()
+        else:
+            exact = blocks.dequantize(raw, g.tensor_type, n, k)
+            w = blocks.int8_from(exact)
         ref = _bf16_weight(handles, f"{name}.weight")
         if ref is None or ref.shape != (n, k) or not torch.equal(torch.from_numpy(exact).bfloat16(), ref):
             raise ModelError(
@@ -135,6 +138,3 @@ def _bf16_weight(handles: list, key: str) -> torch.Tensor | None:
             return h.get_tensor(key)
     return None
 
-
-def _dequant(raw: np.ndarray, qtype, n: int, k: int) -> np.ndarray:
-    return blocks.quants.dequantize(raw, qtype).reshape(n, k)
