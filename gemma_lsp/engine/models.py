@@ -26,6 +26,7 @@ from .. import default_model
 from ..convert import assemble, make_missing, missing
 from ..errors import ModelError
 from ..paths import models_dir
+from ..quant import lean
 from ..quant.model import attach, quant_path
 
 # Preset -> (target HF repo, draft HF repo or None), resolved from the local HF cache only.
@@ -134,6 +135,8 @@ def load(spec: str | None, device: str = "auto", dtype: str = "auto") -> Loaded:
             raise ModelError(f"could not read {qfile} ({e}); delete it and run `gemma-lsp prepare` "
                              "to rebuild it, or use dtype bfloat16") from e
         weights = f"gguf int4 x{counts['int4']} + int8 x{counts['int8']}, bf16 prefill"
+        if lean.installed(model):
+            weights += ", lean decode"
     return Loaded(model, tok, name=spec or default_model.NAME, path=path, preset_draft=preset_draft, weights=weights)
 
 

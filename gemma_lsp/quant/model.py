@@ -8,7 +8,8 @@ bf16, or the build stops. That proves the name mapping and the block decoding, a
 refuses architectures whose GGUF stores weights permuted.
 
 `attach()` swaps each Linear of a loaded bf16 model for a HybridLinear: the quantized
-kernel for a few rows, the dense bf16 weight for prefill.
+kernel for a few rows, the dense bf16 weight for prefill. For Llama-family models it
+also routes few-token forwards through lean.py (fused siblings, row-by-row attention).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from . import blocks
+from . import blocks, lean
 from .linear import HybridLinear, Int4Linear, Int8Linear, nibbles, unnibble
 
 QUANT_FILE = "gguf-weights.safetensors"
@@ -129,6 +130,7 @@ def attach(model: nn.Module, path: Path, max_rows: int = 8) -> dict[str, int]:
                 q.bias = mod.bias
             parent, _, leaf = name.rpartition(".")
             setattr(model.get_submodule(parent) if parent else model, leaf, HybridLinear(mod, q, max_rows))
+    lean.install(model)
     return counts
 
 
