@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from .config import DRAFTERS, SINGLE_LINE, Settings
+from .config import DRAFTERS, RETRIEVAL, SINGLE_LINE, Settings
 from .errors import GemmaLspError
 
 
@@ -18,7 +18,7 @@ def _flags(args: argparse.Namespace) -> dict[str, object]:
     return {k: v for k, v in {
         "model": args.model, "draftModel": args.draft_model, "drafter": args.drafter, "maxTokens": args.max_tokens,
         "dtype": args.dtype, "device": args.device, "singleLine": getattr(args, "single_line", None),
-        "timeBudgetMs": getattr(args, "time_budget_ms", None),
+        "timeBudgetMs": getattr(args, "time_budget_ms", None), "retrieval": getattr(args, "retrieval", None),
     }.items() if v is not None}
 
 
@@ -33,6 +33,7 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tokens", type=int, help="maximum new tokens (default 64)")
     p.add_argument("--dtype", help="auto (CPU: a GGUF model runs its own int4/int8 weights) | gguf | bfloat16 | float32 | float16")
     p.add_argument("--device", help="auto | cpu | cuda")
+    p.add_argument("--retrieval", choices=RETRIEVAL, help="retrieval drafts for Python: stdlib (default) | none")
 
 
 def parse_location(loc: str) -> tuple[Path, int, int]:
@@ -112,6 +113,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
         curve = curve_for(load(args.model), refresh=args.remeasure)
         print(f"forward cost (ms by tokens): {', '.join(f'{k}: {v:.0f}' for k, v in curve.ms.items())}; "
               f"quantized kernels up to {curve.max_rows} tokens", file=sys.stderr)
+    if args.retrieval == "stdlib":  # index the retrieval corpus now, not at the first completion
+        from transformers import AutoTokenizer
+
+        from .corpus import index_for
+
+        index = index_for(AutoTokenizer.from_pretrained(path, local_files_only=True))
+        print(f"retrieval corpus: {len(index) if index else 0} tokens", file=sys.stderr)
     print(f"ready: {path} ({time.perf_counter() - t0:.1f} s)")
     return 0
 
@@ -164,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--model")
     r.add_argument("--remeasure", action="store_true",
                    help="measure the forward-cost curve again (do it on an idle machine)")
+    r.add_argument("--retrieval", choices=RETRIEVAL, default="stdlib", help="index the retrieval corpus (default stdlib)")
     r.set_defaults(func=cmd_prepare)
 
     d = sub.add_parser("doctor", help="check the installation and say how to fix what is missing")

@@ -11,10 +11,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from . import corpus
 from .config import Settings
 from .context import Chunk, select_extras, windows
 from .engine import Engine, GenerateRequest, Stats
 from .engine.costs import CostCurve, curve_for
+from .engine.retrieval import TokenIndex
 from .engine.models import Loaded, load, same_vocab
 from .errors import ModelError
 from .postprocess import block_ended, postprocess, single_line_wanted
@@ -64,7 +66,8 @@ class _Shown:
 
 class Completer:
     def __init__(self, target: Loaded, draft: Loaded | None = None, settings: Settings = Settings(),
-                 layout: str = "", heal: bool = True, cost: CostCurve | None = None) -> None:
+                 layout: str = "", heal: bool = True, cost: CostCurve | None = None,
+                 retrieval: TokenIndex | None = None) -> None:
         assistant = draft is not None and draft.is_assistant
         if draft is not None and not assistant:
             same_vocab(target.tokenizer, draft.tokenizer)
@@ -75,7 +78,7 @@ class Completer:
         self.prompter = Prompter(target.tokenizer, layout=layout, heal=heal)
         self.engine = Engine(target.model, draft.model if draft and not assistant else None,
                              cache_bytes=settings.cache_mb << 20, assistant=draft.model if assistant else None,
-                             cost=cost)
+                             cost=cost, retrieval=retrieval)
         self._newlines: frozenset[int] | None = None
         self._shown: dict[str, _Shown] = {}
 
@@ -86,7 +89,8 @@ class Completer:
         draft = load(draft_spec, settings.device, settings.dtype) if draft_spec else None
         # Measured once per machine and model (a few seconds), then read from the cache dir.
         cost = curve_for(target)
-        return cls(target, draft, settings, layout, heal, cost)
+        retrieval = corpus.index_for(target.tokenizer) if settings.retrieval == "stdlib" else None
+        return cls(target, draft, settings, layout, heal, cost, retrieval)
 
     def newline_ids(self) -> frozenset[int]:
         if self._newlines is None:
@@ -151,6 +155,7 @@ class Completer:
             constraint=self.prompter.heal_constraint(prompt.healed),
             stop_after=self._block_end(prompt.healed, line_prefix, suffix) if settings.stop_at_block_end and not single else None,
             language=snap.language,
+            retrieval=snap.language in corpus.LANGUAGES,
         )
         if settings.log_prompts:
             log.debug("prompt for %s: %r", snap.uri, self.prompter.decode(prompt.ids))

@@ -14,6 +14,7 @@ from .errors import GemmaLspError
 from .names import DRAFTERS
 
 SINGLE_LINE = ("auto", "always", "never")
+RETRIEVAL = ("stdlib", "none")
 DTYPES = ("auto", "gguf", "bfloat16", "bf16", "float32", "fp32", "float16", "fp16")  # what engine.models.pick_dtype takes
 
 
@@ -35,6 +36,7 @@ class Settings:
     cache_mb: int = 2048
     log_prompts: bool = False
     stop_at_block_end: bool = True  # multi-line: stop decoding once the text leaves the cursor's block
+    retrieval: str = "stdlib"  # retrieval drafts for Python from the standard library | "none"
 
     def merged(self, obj: Any) -> "Settings":
         """A copy with the keys of `obj` (camelCase, optionally under "gemmaLsp") applied."""
@@ -71,7 +73,7 @@ class Settings:
 
     def engine_key(self) -> tuple[Any, ...]:
         """Settings that need a model reload when they change."""
-        return (self.model, self.draft_model, self.dtype, self.device)
+        return (self.model, self.draft_model, self.dtype, self.device, self.retrieval)
 
 
 def _camel(name: str) -> str:
@@ -88,6 +90,10 @@ def _check(name: str, value: Any) -> Any:
     if name == "drafter":
         if value not in DRAFTERS:
             raise GemmaLspError(f"drafter must be one of {', '.join(DRAFTERS)}; got {value!r}")
+        return value
+    if name == "retrieval":
+        if value not in RETRIEVAL:
+            raise GemmaLspError(f"retrieval must be one of {', '.join(RETRIEVAL)}; got {value!r}")
         return value
     if name == "single_line":
         if value not in SINGLE_LINE:

@@ -26,6 +26,7 @@ import torch
 from ..names import DRAFTERS
 from .cache import PrefixCache, truncate
 from .costs import CostCurve
+from .retrieval import RetrievalDrafter, TokenIndex
 from .drafters import (AssistantDrafter, AutoDrafter, Draft, Drafter, DraftLength, ModelDrafter, NGramDrafter, NoDrafter,
                        SuggestionDrafter)
 
@@ -56,6 +57,7 @@ class GenerateRequest:
     # never breaks losslessness.
     stop_after: Callable[[Sequence[int]], bool] | None = None
     language: str = ""  # keys the adaptive draft length
+    retrieval: bool = True  # auto may draft from the engine's retrieval index (the caller knows its language)
 
 
 @dataclass
@@ -98,8 +100,10 @@ class Engine:
         draft_cache_bytes: int = 512 << 20,
         assistant: torch.nn.Module | None = None,
         cost: CostCurve | None = None,
+        retrieval: TokenIndex | None = None,
     ) -> None:
         self.model = model.eval()
+        self.retrieval = retrieval  # a token corpus for RetrievalDrafter, or None
         self.draft_model = draft_model.eval() if draft_model is not None else None
         self.assistant = assistant.eval() if assistant is not None else None
         self._observer: AssistantDrafter | None = None  # fed the target's state after each forward
@@ -128,6 +132,10 @@ class Engine:
             return NGramDrafter()
         if name == "suggestion":
             return suggestion
+        if name == "retrieval":
+            if self.retrieval is None:
+                raise ValueError("drafter 'retrieval' needs a retrieval index (setting retrieval: stdlib)")
+            return RetrievalDrafter(self.retrieval)
         if name == "model":
             if model is None:
                 raise ValueError("drafter 'model' needs a draft model (set draftModel / --draft-model)")
@@ -139,7 +147,8 @@ class Engine:
             if assistant is None:
                 raise ValueError("drafter 'gemma4-assistant' needs a Gemma 4 assistant as draftModel (preset gemma4-31b-mtp)")
             return assistant
-        chain: list[Drafter] = [suggestion, NGramDrafter()] + [d for d in (assistant, model) if d is not None]
+        retrieval = RetrievalDrafter(self.retrieval) if self.retrieval is not None and req.retrieval else None
+        chain: list[Drafter] = [suggestion, NGramDrafter()] + [d for d in (retrieval, assistant, model) if d is not None]
         lang = req.language or "text"
         return AutoDrafter(chain, lambda sub: self.draft_length.get((lang, sub)))
 

@@ -14,7 +14,7 @@ export interface ServerSettings {
   timeBudgetMs?: number;
 }
 
-export const DRAFTERS = ["auto", "none", "ngram", "suggestion", "model"] as const;
+export const DRAFTERS = ["auto", "none", "ngram", "suggestion", "retrieval", "model"] as const;
 export type Drafter = (typeof DRAFTERS)[number];
 export const SINGLE_LINE = ["auto", "always", "never"] as const;
 export type SingleLine = (typeof SINGLE_LINE)[number];
