@@ -12,12 +12,15 @@ export interface ServerSettings {
   singleLine: SingleLine;
   temperature: number;
   timeBudgetMs?: number;
+  retrieval?: Retrieval;
 }
 
 export const DRAFTERS = ["auto", "none", "ngram", "suggestion", "retrieval", "model"] as const;
 export type Drafter = (typeof DRAFTERS)[number];
 export const SINGLE_LINE = ["auto", "always", "never"] as const;
 export type SingleLine = (typeof SINGLE_LINE)[number];
+export const RETRIEVAL = ["stdlib", "none"] as const;
+export type Retrieval = (typeof RETRIEVAL)[number];
 
 export const DEFAULT_SERVER_SETTINGS: Readonly<ServerSettings> = Object.freeze({
   model: null,
@@ -37,6 +40,7 @@ export const SERVER_KEYS = [
   "singleLine",
   "timeBudgetMs",
   "temperature",
+  "retrieval",
 ] as const;
 
 /** Keys whose change needs a server restart (the process itself changes). */
@@ -79,6 +83,9 @@ export function toServerSettings(raw: Record<string, unknown> | undefined | null
   };
   const budget = positiveInt(r.timeBudgetMs);
   if (budget !== undefined) out.timeBudgetMs = budget;
+  if (typeof r.retrieval === "string" && (RETRIEVAL as readonly string[]).includes(r.retrieval)) {
+    out.retrieval = r.retrieval as Retrieval;
+  }
   return out;
 }
 

@@ -74,7 +74,7 @@ test("activate starts `gemma-lsp serve` with the settings as initializationOptio
   assert.equal(c.serverOptions.command, "gemma-lsp");
   assert.deepEqual(c.serverOptions.args, ["serve"]);
   assert.deepEqual(c.clientOptions.initializationOptions, {
-    gemmaLsp: { model: null, draftModel: null, drafter: "auto", maxTokens: 64, singleLine: "auto", temperature: 0 },
+    gemmaLsp: { model: null, draftModel: null, drafter: "auto", maxTokens: 64, singleLine: "auto", temperature: 0, retrieval: "stdlib" },
   });
   assert.equal(c.state, 2, "running");
   for (const id of ["gemmaLsp.restart", "gemmaLsp.toggle", "gemmaLsp.showStats"])
@@ -184,7 +184,7 @@ test("changing a server setting sends workspace/didChangeConfiguration", async (
   const n = client().notifications.at(-1)!;
   assert.equal(n.method, "workspace/didChangeConfiguration");
   assert.deepEqual(n.params, {
-    settings: { gemmaLsp: { model: null, draftModel: null, drafter: "auto", maxTokens: 16, singleLine: "auto", temperature: 0 } },
+    settings: { gemmaLsp: { model: null, draftModel: null, drafter: "auto", maxTokens: 16, singleLine: "auto", temperature: 0, retrieval: "stdlib" } },
   });
   assert.equal(LanguageClient.instances.length, 1, "no restart");
 });

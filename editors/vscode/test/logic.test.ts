@@ -39,6 +39,7 @@ test("manifest defaults map to the server's defaults", () => {
     maxTokens: 64,
     singleLine: "auto",
     temperature: 0,
+    retrieval: "stdlib",
   });
   for (const k of SERVER_KEYS) assert.ok(`gemmaLsp.${k}` in props, `gemmaLsp.${k} is declared`);
   assert.deepEqual(props["gemmaLsp.languages"].default, DEFAULT_LANGUAGES);
@@ -54,6 +55,7 @@ test("toServerSettings keeps valid values and drops extension-only keys", () => 
     singleLine: "always",
     timeBudgetMs: 800,
     temperature: 0.2,
+    retrieval: "none",
     serverPath: "/x/gemma-lsp",
     enabled: false,
     languages: { "*": false },
@@ -66,6 +68,7 @@ test("toServerSettings keeps valid values and drops extension-only keys", () => 
     singleLine: "always",
     timeBudgetMs: 800,
     temperature: 0.2,
+    retrieval: "none",
   });
 });
 
@@ -78,6 +81,7 @@ test("toServerSettings falls back on invalid values", () => {
     singleLine: "sometimes",
     timeBudgetMs: null,
     temperature: -1,
+    retrieval: "everything",
   });
   assert.deepEqual(s, {
     model: null,
@@ -88,6 +92,7 @@ test("toServerSettings falls back on invalid values", () => {
     temperature: 0,
   });
   assert.ok(!("timeBudgetMs" in s));
+  assert.ok(!("retrieval" in s));
   assert.deepEqual(toServerSettings(undefined), toServerSettings({}));
 });
 
