@@ -145,3 +145,37 @@ def test_speculative_equals_plain_on_the_lean_path(tmp_path, dtype):
             res = Engine(model, cost=cost).generate(GenerateRequest(prompt=p, max_tokens=32, drafter=drafter,
                                                                     suggestion=guess))
             assert res.tokens == want, drafter
+
+
+@torch.inference_mode()
+def test_steps_write_into_room_after_the_kv_and_crops_reuse_it(tmp_path):
+    import copy
+
+    from gemma_lsp.engine.cache import cache_bytes
+
+    model = quantized(qwen2, tmp_path, max_rows=4)
+    ours, ref = DynamicCache(), DynamicCache()
+    for c in (ours, ref):
+        model(input_ids=prompt(12), cache=c)  # a dense prompt pass: transformers' cat
+    fallback = model.forward.fallback
+    ptrs = set()
+    for step in range(6):
+        x = prompt(1 + step % 3, seed=step)
+        got = model(input_ids=x, cache=ours, logits_to_keep=1).logits
+        want = fallback(input_ids=x, cache=ref, logits_to_keep=1).logits
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        ptrs.add(ours.layers[0].keys.data_ptr())
+        if step == 3:  # rejected drafts: crop both, then write over the cut positions
+            truncate(ours, 14)
+            truncate(ref, 14)
+    assert len(ptrs) == 1  # one buffer from the first step on: no copy of the history per step
+    for a, b in zip(ours.layers, ref.layers):
+        torch.testing.assert_close(a.keys, b.keys, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(a.values, b.values, rtol=1e-5, atol=1e-5)
+    assert cache_bytes(ours) > sum(2 * t.keys.numel() * 4 for t in ours.layers)  # the room is counted
+    twin = copy.deepcopy(ours)  # what PrefixCache.take does for a diverging prompt
+    before = ours.layers[0].keys.clone()
+    truncate(twin, ours.get_seq_length() - 2)
+    model(input_ids=prompt(2, seed=8), cache=twin)  # overwrites the last 2 positions, in its buffer
+    assert not torch.equal(twin.layers[0].keys, before)
+    assert torch.equal(ours.layers[0].keys, before)  # the original's are untouched

@@ -24,12 +24,15 @@ from transformers import DynamicCache
 
 
 def cache_bytes(cache: DynamicCache) -> int:
-    """Bytes of K and V tensors held by the cache (what the LRU is bounded by)."""
+    """Bytes of K and V memory held by the cache (what the LRU is bounded by).
+
+    Counted by storage, not by view: a cropped layer, or the lean path's KV with room to
+    grow (quant/lean.py), holds its whole buffer."""
     total = 0
     for layer in cache.layers:
         for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
             if isinstance(t, torch.Tensor):
-                total += t.numel() * t.element_size()
+                total += max(t.untyped_storage().nbytes(), t.numel() * t.element_size())
     return max(total, 1)
 
 

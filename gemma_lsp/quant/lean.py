@@ -145,7 +145,7 @@ class LeanForward:
             q, k, v = qkv(norm1(h))
             q = _rotate(q.view(1, m, self.heads, self.head_dim).transpose(1, 2), cos, sin)
             k = _rotate(k.view(1, m, self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)
-            keys, values = cache.update(k, v.view(1, m, self.kv_heads, self.head_dim).transpose(1, 2), i)
+            keys, values = append(cache, i, k, v.view(1, m, self.kv_heads, self.head_dim).transpose(1, 2))
             a = self.attend(q, keys, values, start)
             h = h + o_proj(a.transpose(1, 2).reshape(1, m, self.heads * self.head_dim))
             g, u = gate_up(norm2(h))
@@ -161,6 +161,39 @@ class LeanForward:
             for r in range(q.shape[2])
         ]
         return rows[0] if len(rows) == 1 else torch.cat(rows, dim=2)
+
+
+def append(cache: Any, i: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`cache.update` without copying the history: write into room kept after layer i's KV.
+
+    transformers' DynamicLayer concatenates (copies all n positions) on every step; here each
+    layer's keys and values are prefix views of buffers with ROOM spare positions, so a step
+    writes only its m new positions. A cropped layer stays a view of its buffer (the next step
+    overwrites what was cut). Anything that is not such a view (a prompt pass, a deep copy)
+    gets a fresh buffer, once."""
+    layers = cache.layers
+    if i >= len(layers) or not getattr(layers[i], "is_initialized", False):
+        return cache.update(k, v, i)
+    layer = layers[i]
+    layer.keys = _write(layer, "keys", k)
+    layer.values = _write(layer, "values", v)
+    return layer.keys, layer.values
+
+
+ROOM = 256  # spare positions per buffer: a reallocation (one copy) every 256 tokens at most
+
+
+def _write(layer: Any, name: str, new: torch.Tensor) -> torch.Tensor:
+    old: torch.Tensor = getattr(layer, name)
+    buf: torch.Tensor | None = getattr(layer, f"_lean_{name}", None)
+    n, m = old.shape[-2], new.shape[-2]
+    if (buf is None or buf.shape[-2] < n + m or buf.shape[:-2] != old.shape[:-2] or buf.dtype != old.dtype
+            or old.data_ptr() != buf.data_ptr() or old.stride() != buf.stride()):
+        buf = old.new_empty((*old.shape[:-2], n + m + ROOM, old.shape[-1]))
+        buf[..., :n, :] = old
+        setattr(layer, f"_lean_{name}", buf)
+    buf[..., n : n + m, :] = new
+    return buf[..., : n + m, :]
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
