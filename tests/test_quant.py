@@ -153,10 +153,18 @@ def test_best_draft_length_follows_the_cost_curve():
 def test_draft_length_skips_unprofitable_drafters_but_probes_them():
     dl = DraftLength(cost=CostCurve({1: 100.0, 2: 200.0, 17: 1700.0}), probe_every=4)
     key = ("python", "ngram")
-    assert dl.get(key) == dl.k_init  # no acceptance measured yet
-    dl.update(key, 8, 1)
+    assert dl.get(key) == 0  # not measured yet: the prior (0.5) does not pay on this curve either
+    dl.update(key, 1, 0)
     got = [dl.get(key) for _ in range(8)]
-    assert got == [0, 0, 0, 1, 0, 0, 0, 1]
+    assert got == [0, 0, 1, 0, 0, 0, 1, 0]
+
+
+def test_a_drafter_not_yet_measured_starts_at_what_the_prior_pays():
+    """A first proposal of 7 tokens costs cost(8) = 2.3 one-token steps here if it is wrong."""
+    dl = DraftLength(cost=CostCurve({1: 90.8, 2: 97.8, 3: 102.8, 4: 114.5, 6: 187.5, 8: 208.1}))
+    assert dl.get(("python", "retrieval")) == 2  # best for acceptance 0.5 on the measured curve
+    assert dl.get(("python", "suggestion")) == dl.k_max  # the model's own output: all of it
+    assert DraftLength().get(("python", "ngram")) == DraftLength().k_init  # no curve: no cap
 
 
 def _quantize_tiny(model: torch.nn.Module, path, dtype: torch.dtype) -> None:

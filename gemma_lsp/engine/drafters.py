@@ -283,7 +283,9 @@ class DraftLength:
     maximizes expected tokens per millisecond; when no draft pays (best length 0), the
     drafter is skipped and only probed with one token every `probe_every` steps, so its
     acceptance can recover. A failed probe costs cost(2)/cost(1) - 1 (3-13 % in the
-    curves measured here), so the probes cost at most ~2 % against plain decoding.
+    curves measured here), so the probes cost at most ~3 % against plain decoding. A
+    drafter not measured yet is assumed to be right half the time (`prior`): its first
+    proposal is as long as that pays, not k_init.
     """
 
     k_init: int = 8
@@ -293,15 +295,25 @@ class DraftLength:
     k: dict[tuple[str, str], int] = field(default_factory=dict)
     acceptance: dict[tuple[str, str], float] = field(default_factory=dict)
     cost: CostCurve | None = None
-    probe_every: int = 8
+    probe_every: int = 4  # measured on free generation: 8 → 4 saved 2–7 % of the forwards
+    prior: float = 0.5  # acceptance assumed for a drafter not yet measured (with a cost curve)
     skipped: dict[tuple[str, str], int] = field(default_factory=dict)
 
-    def get(self, key: tuple[str, str]) -> int:
+    def base(self, key: tuple[str, str]) -> int:
+        """The length earned from acceptance so far, before the cost cap."""
         # The suggestion is the model's own earlier output: bet on all of it from the start.
-        k = self.k.get(key, self.k_max if key[1] == "suggestion" else self.k_init)
-        if self.cost is None or key not in self.acceptance:
+        return self.k.get(key, self.k_max if key[1] == "suggestion" else self.k_init)
+
+    def capped(self, key: tuple[str, str]) -> int:
+        """base(), capped at the length that pays most on the cost curve (0: none pays)."""
+        k = self.base(key)
+        if self.cost is None or (key[1] == "suggestion" and key not in self.acceptance):
             return k
-        best = self.cost.best_k(self.acceptance[key], k)
+        # Not measured yet: assume `prior`, so a first proposal costs what an average one pays.
+        return self.cost.best_k(self.acceptance.get(key, self.prior), k)
+
+    def get(self, key: tuple[str, str]) -> int:
+        best = self.capped(key)
         if best > 0:
             return best
         self.skipped[key] = self.skipped.get(key, 0) + 1
@@ -310,7 +322,7 @@ class DraftLength:
     def update(self, key: tuple[str, str], proposed: int, accepted: int) -> None:
         if proposed <= 0:
             return
-        k = self.get(key)
+        k = self.capped(key)
         self.k[key] = min(self.k_max, k + 2) if accepted == proposed else max(self.k_min, min(k - 1, accepted + 1))
         rate = accepted / proposed
         self.acceptance[key] = self.decay * self.acceptance.get(key, rate) + (1 - self.decay) * rate

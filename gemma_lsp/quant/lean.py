@@ -132,7 +132,7 @@ class LeanForward:
                 or not isinstance(cache, DynamicCache)):
             return self.fallback(input_ids=input_ids, cache=cache, use_cache=use_cache,
                                  logits_to_keep=logits_to_keep, **kw)
-        return CausalLMOutputWithPast(logits=self.logits(input_ids, cache, logits_to_keep), past_key_values=cache)
+        return CausalLMOutputWithPast(logits=self.logits(input_ids, cache, logits_to_keep), cache=cache)
 
     def logits(self, ids: torch.Tensor, cache: Any, keep: int) -> torch.Tensor:
         m = ids.shape[1]
