@@ -26,14 +26,15 @@ from transformers import DynamicCache
 def cache_bytes(cache: DynamicCache) -> int:
     """Bytes of K and V memory held by the cache (what the LRU is bounded by).
 
-    Counted by storage, not by view: a cropped layer, or the lean path's KV with room to
-    grow (quant/lean.py), holds its whole buffer."""
-    total = 0
+    Counted by storage, not by view, over every tensor a layer holds: a cropped layer, or
+    the lean path's KV with room to grow (quant/lean.py), holds its whole buffer."""
+    seen: dict[int, int] = {}
     for layer in cache.layers:
-        for t in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+        for t in vars(layer).values():
             if isinstance(t, torch.Tensor):
-                total += max(t.untyped_storage().nbytes(), t.numel() * t.element_size())
-    return max(total, 1)
+                s = t.untyped_storage()
+                seen[s.data_ptr()] = max(seen.get(s.data_ptr(), 0), s.nbytes())
+    return max(sum(seen.values()), 1)
 
 
 def truncate(cache: DynamicCache, length: int) -> None:
