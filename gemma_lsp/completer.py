@@ -89,8 +89,16 @@ class Completer:
         draft = load(draft_spec, settings.device, settings.dtype) if draft_spec else None
         # Measured once per machine and model (a few seconds), then read from the cache dir.
         cost = curve_for(target)
-        retrieval = corpus.index_for(target.tokenizer) if settings.retrieval == "stdlib" else None
-        return cls(target, draft, settings, layout, heal, cost, retrieval)
+        completer = cls(target, draft, settings, layout, heal, cost)
+        completer.set_retrieval(settings.retrieval)
+        return completer
+
+    def set_retrieval(self, name: str) -> None:
+        """Switch the retrieval corpus ("stdlib" | "none") without reloading the model."""
+        if name == "none":
+            self.engine.retrieval = None
+        elif self.engine.retrieval is None:
+            self.engine.retrieval = corpus.index_for(self.target.tokenizer)
 
     def newline_ids(self) -> frozenset[int]:
         if self._newlines is None:

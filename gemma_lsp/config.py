@@ -73,7 +73,7 @@ class Settings:
 
     def engine_key(self) -> tuple[Any, ...]:
         """Settings that need a model reload when they change."""
-        return (self.model, self.draft_model, self.dtype, self.device, self.retrieval)
+        return (self.model, self.draft_model, self.dtype, self.device)
 
 
 def _camel(name: str) -> str:

@@ -110,6 +110,7 @@ class GemmaServer(LanguageServer):
             self.completer = Completer.from_settings(self.settings)
             self._engine_key = key
             log.info("model ready: %s", self.completer.target.name)
+        self.completer.set_retrieval(self.settings.retrieval)
         return self.completer
 
     # --- requests -----------------------------------------------------------------

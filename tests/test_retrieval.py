@@ -121,3 +121,20 @@ def test_the_retrieval_setting_is_checked():
     assert Settings().merged({"retrieval": "none"}).retrieval == "none"
     with pytest.raises(GemmaLspError, match="retrieval must be one of"):
         Settings().merged({"retrieval": "everything"})
+
+
+def test_switching_the_corpus_keeps_the_model(tiny_qwen_dir, monkeypatch):
+    """retrieval is not part of the engine key: the server switches it on the loaded engine."""
+    from gemma_lsp.completer import Completer
+
+    small = TokenIndex(np.arange(3, 40))
+    monkeypatch.setattr(corpus, "index_for", lambda tok: small)
+    base = Settings().merged({"model": str(tiny_qwen_dir), "dtype": "float32", "retrieval": "none"})
+    assert base.merged({"retrieval": "stdlib"}).engine_key() == base.engine_key()
+    c = Completer.from_settings(base)
+    assert c.engine.retrieval is None
+    model = c.engine.model
+    c.set_retrieval("stdlib")
+    assert c.engine.retrieval is small and c.engine.model is model
+    c.set_retrieval("none")
+    assert c.engine.retrieval is None
