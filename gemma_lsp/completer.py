@@ -16,8 +16,8 @@ from .config import Settings
 from .context import Chunk, select_extras, windows
 from .engine import Engine, GenerateRequest, Stats
 from .engine.costs import CostCurve, curve_for
-from .engine.retrieval import TokenIndex
 from .engine.models import Loaded, load, same_vocab
+from .engine.retrieval import TokenIndex
 from .errors import ModelError
 from .postprocess import block_ended, postprocess, single_line_wanted
 from .prompt import Prompter

@@ -26,9 +26,9 @@ import torch
 from ..names import DRAFTERS
 from .cache import PrefixCache, truncate
 from .costs import CostCurve
-from .retrieval import RetrievalDrafter, TokenIndex
 from .drafters import (AssistantDrafter, AutoDrafter, Draft, Drafter, DraftLength, ModelDrafter, NGramDrafter, NoDrafter,
                        SuggestionDrafter)
+from .retrieval import RetrievalDrafter, TokenIndex
 
 PREFILL_CHUNK = 256  # tokens per prefill forward: a cancel lands between chunks
 
