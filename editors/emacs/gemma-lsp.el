@@ -72,7 +72,7 @@ nil means the server's embedded default model."
 (defcustom gemma-lsp-drafter "auto"
   "Speculative-decoding drafter."
   :type '(choice (const "auto") (const "none") (const "ngram")
-                 (const "suggestion") (const "model")))
+                 (const "suggestion") (const "retrieval") (const "model")))
 
 (defcustom gemma-lsp-max-tokens 64
   "Most tokens generated per completion."
