@@ -107,10 +107,13 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     path, _ = resolve(args.model)
+    tokenizer = None
     if quant_path(path).is_file() and pick_device("auto").type == "cpu":
         # The CPU default runs the GGUF's weights: measure the forward-cost curve now, once,
         # rather than on the first completion (~10 s).
-        curve = curve_for(load(args.model), refresh=args.remeasure)
+        loaded = load(args.model)
+        tokenizer = loaded.tokenizer
+        curve = curve_for(loaded, refresh=args.remeasure)
         print(f"forward cost (ms by tokens): {', '.join(f'{k}: {v:.0f}' for k, v in curve.ms.items())}; "
               f"quantized kernels up to {curve.max_rows} tokens", file=sys.stderr)
     if args.retrieval == "stdlib":  # index the retrieval corpus now, not at the first completion
@@ -118,7 +121,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
         from .corpus import index_for
 
-        index = index_for(AutoTokenizer.from_pretrained(path, local_files_only=True))
+        index = index_for(tokenizer or AutoTokenizer.from_pretrained(path, local_files_only=True))
         print(f"retrieval corpus: {len(index) if index else 0} tokens", file=sys.stderr)
     print(f"ready: {path} ({time.perf_counter() - t0:.1f} s)")
     return 0

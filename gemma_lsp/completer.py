@@ -17,7 +17,6 @@ from .context import Chunk, select_extras, windows
 from .engine import Engine, GenerateRequest, Stats
 from .engine.costs import CostCurve, curve_for
 from .engine.models import Loaded, load, same_vocab
-from .engine.retrieval import TokenIndex
 from .errors import ModelError
 from .postprocess import block_ended, postprocess, single_line_wanted
 from .prompt import Prompter
@@ -66,8 +65,7 @@ class _Shown:
 
 class Completer:
     def __init__(self, target: Loaded, draft: Loaded | None = None, settings: Settings = Settings(),
-                 layout: str = "", heal: bool = True, cost: CostCurve | None = None,
-                 retrieval: TokenIndex | None = None) -> None:
+                 layout: str = "", heal: bool = True, cost: CostCurve | None = None) -> None:
         assistant = draft is not None and draft.is_assistant
         if draft is not None and not assistant:
             same_vocab(target.tokenizer, draft.tokenizer)
@@ -78,7 +76,7 @@ class Completer:
         self.prompter = Prompter(target.tokenizer, layout=layout, heal=heal)
         self.engine = Engine(target.model, draft.model if draft and not assistant else None,
                              cache_bytes=settings.cache_mb << 20, assistant=draft.model if assistant else None,
-                             cost=cost, retrieval=retrieval)
+                             cost=cost)
         self._newlines: frozenset[int] | None = None
         self._shown: dict[str, _Shown] = {}
 
