@@ -1,0 +1,111 @@
+"""gemma-lsp's own CPU kernels (kernels.cpp): built once on this machine, or not used at all.
+
+They need an x86-64 CPU with AVX512-VNNI, a C++ compiler and ninja. The build (~15 s) runs
+at `gemma-lsp prepare` or at the first load, into the cache directory, keyed by the source
+and the torch version. Anything missing means the GGUF path runs torch's int4/int8 kernels
+instead, which compute the same model less quickly: `status()` says which and why.
+`GEMMA_LSP_NATIVE=0` turns them off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..paths import cache_dir
+
+SOURCE = Path(__file__).with_name("kernels.cpp")
+CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "f16c", "fma")
+CFLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
+Q4K_BYTES, Q6K_BYTES = 148, 210
+
+_state: dict[str, str | None] = {}  # "error": None once loaded, else why not
+
+
+def status() -> str | None:
+    """None when the kernels are loaded (building them if needed); otherwise the reason they are not."""
+    if "error" not in _state:
+        _state["error"] = _load()
+    return _state["error"]
+
+
+def available() -> bool:
+    return status() is None
+
+
+def _load() -> str | None:
+    if os.environ.get("GEMMA_LSP_NATIVE", "1") == "0":
+        return "turned off by GEMMA_LSP_NATIVE=0"
+    missing = [f for f in CPU_FLAGS if f not in _cpu_flags()]
+    if platform.machine() not in ("x86_64", "AMD64") or missing:
+        return f"this CPU lacks {', '.join(missing) or 'x86-64'}"
+    bindir = str(Path(sys.executable).parent)  # pip's ninja lands next to the interpreter
+    if shutil.which("ninja", path=os.pathsep.join([bindir, os.environ.get("PATH", "")])) is None:
+        return "ninja is not installed (pip install ninja)"
+    if shutil.which(os.environ.get("CXX", "c++")) is None:
+        return "no C++ compiler (c++) on PATH"
+    return _build(bindir)
+
+
+def _build(bindir: str) -> str | None:
+    from torch.utils.cpp_extension import load
+
+    key = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode() + " ".join(CFLAGS).encode()).hexdigest()[:12]
+    name = f"gemma_lsp_kernels_{key}"
+    where = cache_dir() / "kernels" / key
+    where.mkdir(parents=True, exist_ok=True)
+    path = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.pathsep.join([bindir, path])
+    try:
+        fresh = not (where / f"{name}.so").is_file()
+        if fresh:
+            print("Building gemma-lsp's CPU kernels (one time, ~15 s)...", file=sys.stderr, flush=True)
+        load(name, [str(SOURCE)], extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"], build_directory=str(where),
+             is_python_module=False, verbose=False)
+    except Exception as e:  # a compiler error, a torch without headers, ...: fall back, and say why
+        return f"build failed ({type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else e})"
+    finally:
+        os.environ["PATH"] = path
+    return None
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def q4k_mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return torch.ops.gemma_lsp.q4k_mm(x, w)
+
+
+def q6k_mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return torch.ops.gemma_lsp.q6k_mm(x, w)
+
+
+def repack_q4_k(raw: np.ndarray, n: int, k: int) -> np.ndarray:
+    """GGUF Q4_K rows (144-byte blocks) -> the kernel's 148-byte blocks: the same values,
+    with the eight 6-bit (scale, min) pairs unpacked to bytes so the kernel need not."""
+    from .blocks import q4_k_scale_min
+
+    b = raw.reshape(n, k // 256, 144)
+    sc, mn = q4_k_scale_min(b[:, :, 4:16].reshape(-1, 12))
+    parts = [b[:, :, 0:4], sc.reshape(n, -1, 8), mn.reshape(n, -1, 8), b[:, :, 16:]]
+    return np.ascontiguousarray(np.concatenate([p.astype(np.uint8) for p in parts], axis=2))
+
+
+def q6_k_blocks(raw: np.ndarray, n: int, k: int) -> np.ndarray:
+    """GGUF Q6_K rows as [N, K/256, 210]: the kernel reads the file's block unchanged."""
+    return np.ascontiguousarray(raw.reshape(n, k // 256, 210))
