@@ -86,10 +86,10 @@ def convert_gguf(gguf: Path, dest: Path, source: dict[str, object]) -> Path:
 
 def missing(dest: Path, quant: bool, force: bool = False) -> tuple[bool, bool]:
     """(bf16 copy to make, GGUF-weights file to make) for a directory prepared from a GGUF."""
-    from .quant.model import quant_path
+    from .quant.model import is_current, quant_path
 
     need_bf16 = force or not is_prepared(dest)
-    return need_bf16, quant and (need_bf16 or not quant_path(dest).is_file())
+    return need_bf16, quant and (need_bf16 or not is_current(quant_path(dest)))
 
 
 def make_missing(gguf: Path, dest: Path, source: dict[str, object], need: tuple[bool, bool]) -> Path:

@@ -76,3 +76,94 @@ def test_zero_rows_and_wrong_shapes():
         native.q4k_mm(torch.zeros(1, 512), w)
     with pytest.raises(RuntimeError, match="148"):
         native.q4k_mm(torch.zeros(1, 256), w.view(16, 1, 2, 74))
+
+
+@pytest.fixture(scope="module")
+def tiny_blocks(tmp_path_factory):
+    """A tiny Qwen2 as a real GGUF (Q4_K, and Q6_K for down_proj) through the real `build`."""
+    from gemma_lsp.quant.model import build
+    from test_quant import _tiny_gguf_pair
+
+    gguf_path, hf = _tiny_gguf_pair(tmp_path_factory.mktemp("blocks"))
+    return build(gguf_path, hf), hf
+
+
+def load_attached(tiny_blocks, dtype=torch.bfloat16):
+    from transformers import AutoModelForCausalLM
+
+    from gemma_lsp.quant.model import attach
+
+    path, hf = tiny_blocks
+    model = AutoModelForCausalLM.from_pretrained(hf, dtype=dtype)
+    dense = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    return model, attach(model, path), dense
+
+
+def test_build_keeps_the_blocks_and_attach_runs_them(tiny_blocks):
+    from safetensors import safe_open
+
+    from gemma_lsp.quant.linear import BlockLinear
+
+    with safe_open(tiny_blocks[0], "pt") as f:
+        keys = set(f.keys())
+    assert {"model.layers.0.self_attn.q_proj.q4k", "model.layers.0.mlp.down_proj.q6k", "lm_head.q4k"} <= keys
+    assert "model.layers.0.self_attn.q_proj.q4" in keys  # torch's form, for machines without the kernels
+    model, counts, dense = load_attached(tiny_blocks)
+    assert counts == {"q4k": 7, "q6k": 1, "int4": 0, "int8": 0}  # q k v o gate up + lm_head; down
+    x = torch.randn(3, 256, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        for name, w in dense.items():
+            layer = model.get_submodule(name)
+            assert isinstance(layer.quant, BlockLinear)
+            if layer.in_features != 256:
+                continue
+            ref = x.float() @ w.float().T
+            got = layer.quant(x).float() - (layer.dense.bias.float() if layer.dense.bias is not None else 0)
+            assert ((got - ref).abs().max() / ref.abs().max()) < 3e-2, name
+
+
+@pytest.mark.parametrize("drafter", ["ngram", "suggestion"])
+def test_speculative_equals_plain_on_the_block_kernels(tiny_blocks, drafter):
+    """Lossless w.r.t. the model actually run, through the lean forward and fused block siblings."""
+    from gemma_lsp.engine import Engine, GenerateRequest
+    from gemma_lsp.engine.costs import CostCurve
+    from gemma_lsp.quant import lean
+
+    model, _, _ = load_attached(tiny_blocks)
+    assert lean.installed(model)
+    cost = CostCurve({1: 10.0, 2: 10.5, 4: 11.0, 8: 30.0}, max_rows=8)
+    rng = np.random.default_rng(2)
+    motif = [int(t) for t in rng.integers(3, 88, 5)]
+    prompts = [[int(t) for t in rng.integers(3, 88, 40)], motif * 6 + [int(t) for t in rng.integers(3, 88, 9)]]
+    drafted = 0
+    for p in prompts:
+        want = Engine(model, cost=cost).generate(GenerateRequest(prompt=p, max_tokens=24, drafter="none")).tokens
+        guess = want[:12] + [(t + 1) % 88 for t in want[12:]]
+        res = Engine(model, cost=cost).generate(
+            GenerateRequest(prompt=p, max_tokens=24, drafter=drafter, suggestion=guess))
+        assert res.tokens == want
+        drafted += res.stats.drafted
+    assert drafted > 0
+
+
+@torch.inference_mode()
+def test_a_verify_forward_equals_one_token_steps_on_the_blocks(tiny_blocks):
+    from transformers import DynamicCache
+
+    from gemma_lsp.engine.cache import truncate
+
+    model, _, _ = load_attached(tiny_blocks)
+    prompt = torch.arange(3, 40)[None]
+    cache = DynamicCache()
+    model(input_ids=prompt, cache=cache)
+    feed = [5, 9, 13, 2, 77, 40]
+    steps = [model(input_ids=torch.tensor([[t]]), cache=cache, logits_to_keep=1).logits[0, -1] for t in feed]
+    truncate(cache, prompt.shape[1])
+    verify = model(input_ids=torch.tensor([feed]), cache=cache, logits_to_keep=len(feed)).logits[0]
+    assert all(torch.equal(verify[i], steps[i]) for i in range(len(feed)))
+
+
+def test_without_the_kernels_the_same_file_runs_torchs(tiny_blocks, monkeypatch):
+    monkeypatch.setitem(native._state, "error", "turned off for this test")
+    _, counts, _ = load_attached(tiny_blocks)
+    assert counts == {"q4k": 0, "q6k": 0, "int4": 6, "int8": 2}

@@ -45,7 +45,7 @@ class Loaded:
     name: str
     path: Path
     preset_draft: Path | None = None  # a preset's draft model, used when no draftModel is set
-    weights: str = "bfloat16"  # what the Linear layers run: a dtype, or "gguf int4+int8"
+    weights: str = "bfloat16"  # what the Linear layers run: a dtype, or "gguf q4k x.. + q6k x.., ..."
 
     @property
     def is_assistant(self) -> bool:
@@ -134,7 +134,7 @@ def load(spec: str | None, device: str = "auto", dtype: str = "auto") -> Loaded:
         except Exception as e:  # a damaged file: say which, and how to rebuild it
             raise ModelError(f"could not read {qfile} ({e}); delete it and run `gemma-lsp prepare` "
                              "to rebuild it, or use dtype bfloat16") from e
-        weights = f"gguf int4 x{counts['int4']} + int8 x{counts['int8']}, bf16 prefill"
+        weights = f"gguf {' + '.join(f'{k} x{v}' for k, v in counts.items() if v)}, bf16 prefill"
         if lean.installed(model):
             weights += ", lean decode"
     return Loaded(model, tok, name=spec or default_model.NAME, path=path, preset_draft=preset_draft, weights=weights)

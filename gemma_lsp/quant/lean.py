@@ -1,10 +1,10 @@
 """A lean forward for the few-token passes (decode, verify) of Llama-family models on the GGUF path.
 
 Why it exists:
-  * Speed. A one-token step of the default 1.5B model on 2 cores reads ~1.1 GB of
-    weights (~71 ms) and spends ~20 ms more in transformers' per-layer Python and
-    small ops. This path runs the same math with fewer calls: sibling Linears that read
-    the same input (q/k/v, gate/up) share one int4 kernel call, and masks, kwargs
+  * Speed. A one-token step of the default 1.5B model on 2 cores reads ~1 GB of
+    weights and spends ~20 ms more in transformers' per-layer Python and small ops.
+    This path runs the same math with fewer calls: sibling Linears that read the same
+    input (q/k/v, gate/up) share one kernel call, and masks, kwargs
     plumbing and the generic attention dispatch are skipped.
   * Exactness. Attention runs row by row: row r of a k-row verify attends over the
     first p0 + r + 1 keys with the very kernel and shapes a one-token step uses, and
@@ -25,14 +25,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .linear import HybridLinear, Int4Linear
+from .linear import BlockLinear, HybridLinear, Int4Linear
 
 ARCHS = ("qwen2", "llama")  # pre-norm RMSNorm, rotary GQA attention (optional q/k/v bias), SwiGLU MLP
 PACK_BLOCK = 64  # torch packs int4 weights in blocks of 64 output rows; a shorter tail is laid out apart
 
 
 class Siblings:
-    """Linears that read the same input; each run of int4 members is one fused kernel call."""
+    """Linears that read the same input; each run of fusable members is one kernel call."""
 
     def __init__(self, mods: Sequence[HybridLinear]) -> None:
         self.calls: list[tuple[nn.Module, list[int]]] = [  # (kernel, the output sizes it yields)
@@ -49,19 +49,50 @@ class Siblings:
 
 
 def _runs(mods: Sequence[HybridLinear]) -> list[list[HybridLinear]]:
-    """Consecutive int4 members share a call while each one before the last has whole 64-row blocks."""
+    """Consecutive members share a call when they run the same block kind, or are int4 and
+    each one before the last has whole 64-row blocks."""
     runs: list[list[HybridLinear]] = []
     for m in mods:
         prev = runs[-1][-1] if runs else None
-        if (prev is not None and isinstance(prev.quant, Int4Linear) and isinstance(m.quant, Int4Linear)
-                and prev.out_features % PACK_BLOCK == 0):
+        if prev is not None and _fusable(prev.quant, m.quant):
             runs[-1].append(m)
         else:
             runs.append([m])
     return runs
 
 
-def _fuse(mods: list[Int4Linear]) -> Int4Linear:
+def _fusable(a: nn.Module, b: nn.Module) -> bool:
+    if isinstance(a, BlockLinear) and isinstance(b, BlockLinear):
+        return a.kind == b.kind and a.in_features == b.in_features
+    return isinstance(a, Int4Linear) and isinstance(b, Int4Linear) and a.out_features % PACK_BLOCK == 0
+
+
+def _fuse(mods: list[nn.Module]) -> nn.Module:
+    return _fuse_blocks(mods) if isinstance(mods[0], BlockLinear) else _fuse_int4(mods)
+
+
+def _fused_bias(mods: Sequence[nn.Module], dtype: torch.dtype) -> nn.Parameter | None:
+    if all(m.bias is None for m in mods):
+        return None
+    return nn.Parameter(torch.cat([m.bias if m.bias is not None else torch.zeros(m.out_features, dtype=dtype)
+                                   for m in mods]), requires_grad=False)
+
+
+def _fuse_blocks(mods: list[BlockLinear]) -> BlockLinear:
+    """One BlockLinear holding the rows of `mods` in order; the members' blocks become views of it.
+    Output rows are computed independently, so each column equals its own layer's."""
+    dtype = next((m.bias.dtype for m in mods if m.bias is not None), torch.float32)
+    fused = BlockLinear(mods[0].in_features, sum(m.out_features for m in mods), False, dtype, mods[0].kind)
+    fused.blocks = torch.cat([m.blocks for m in mods], 0)
+    fused.bias = _fused_bias(mods, dtype)
+    start = 0
+    for m in mods:
+        m.blocks = fused.blocks[start : start + m.out_features]
+        start += m.out_features
+    return fused
+
+
+def _fuse_int4(mods: list[Int4Linear]) -> Int4Linear:
     """One Int4Linear holding the rows of `mods` in order; the members' packed weights become views of it.
 
     Packed int4 blocks of 64 rows are independent, so when every member but the last
@@ -72,9 +103,7 @@ def _fuse(mods: list[Int4Linear]) -> Int4Linear:
     fused = Int4Linear(mods[0].in_features, n, any(m.bias is not None for m in mods), dtype)
     fused.packed = torch.cat([m.packed for m in mods], 0)
     fused.scales_zeros = torch.cat([m.scales_zeros for m in mods], 1)
-    if fused.bias is not None:
-        fused.bias = nn.Parameter(torch.cat([m.bias if m.bias is not None else torch.zeros(m.out_features, dtype=dtype)
-                                             for m in mods]), requires_grad=False)
+    fused.bias = _fused_bias(mods, dtype)
     start = 0
     for m in mods:  # share the bytes: a member alone (the fallback forward) reads its rows of the fused tensor
         m.packed = fused.packed[start : start + m.out_features]

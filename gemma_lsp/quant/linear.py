@@ -1,8 +1,10 @@
-"""Weight-only quantized Linear layers on torch's CPU kernels.
+"""Quantized Linear layers for the CPU: the GGUF's own blocks, or torch's int4/int8 forms.
 
 Decode on a CPU is bound by the bytes of weights read per token: bf16 reads 2 bytes
-per weight, int8 1, int4 0.5 (+ 8 bytes of scale and zero per 32 weights). The
-activations stay in floating point; only the weights are integers.
+per weight, torch's int8 1, its int4 0.5 (+ 4 bytes of scale and zero per 32 weights),
+a Q4_K block 0.58 and a Q6_K block 0.82. BlockLinear runs gemma-lsp's kernels on the
+blocks (activations rounded to int8 per 256); Int4Linear and Int8Linear run torch's
+(activations in floating point), where those kernels cannot run.
 """
 
 from __future__ import annotations
@@ -82,6 +84,28 @@ class Int8Linear(nn.Module):
         if self.bias is not None:
             y = y + self.bias
         return y.reshape(*shape[:-1], self.out_features)
+
+
+class BlockLinear(nn.Module):
+    """y = x · dequant(blocks)ᵀ + b, on the GGUF's Q4_K or Q6_K super-blocks (quant/native.py)."""
+
+    KINDS = {"q4k": 148, "q6k": 210}  # bytes per 256 weights as the kernels read them
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype, kind: str) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.kind = in_features, out_features, kind
+        self.register_buffer("blocks", torch.empty(out_features, in_features // 256, self.KINDS[kind], dtype=torch.uint8),
+                             persistent=False)
+        self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype), requires_grad=False) if bias else None
+
+    def set_weight(self, blocks: torch.Tensor) -> None:
+        self.blocks = _aligned(blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from . import native
+
+        y = native.q4k_mm(x, self.blocks) if self.kind == "q4k" else native.q6k_mm(x, self.blocks)
+        return y if self.bias is None else y + self.bias
 
 
 class HybridLinear(nn.Module):

@@ -1,14 +1,16 @@
 """Keep a GGUF's own quantized weights next to its bf16 copy, and run them.
 
-`build()` runs once per model (at `prepare`, ~30 s): every Linear weight of the GGUF
-is converted to torch's int4 / int8 CPU form (see blocks.py) and saved in one
-safetensors file inside the prepared directory. Before saving, each weight is checked
+`build()` runs once per model (at `prepare`, ~40 s): every Linear weight of the GGUF
+is saved in one safetensors file inside the prepared directory, twice: its Q4_K / Q6_K
+blocks as gemma-lsp's kernels read them (native.py), and torch's int4 / int8 CPU form
+(blocks.py) for machines where those kernels cannot run. Before saving, each weight is checked
 against the bf16 copy transformers made of the same tensor: equal after rounding to
 bf16, or the build stops. That proves the name mapping and the block decoding, and
 refuses architectures whose GGUF stores weights permuted.
 
 `attach()` swaps each Linear of a loaded bf16 model for a HybridLinear: the quantized
-kernel for a few rows, the dense bf16 weight for prefill. For Llama-family models it
+kernel for a few rows (the block kernels where they run, else torch's), the dense bf16
+weight for prefill. For Llama-family models it
 also routes few-token forwards through lean.py (fused siblings, row-by-row attention).
 """
 
@@ -24,11 +26,13 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
-from . import blocks, lean
-from .linear import HybridLinear, Int4Linear, Int8Linear, nibbles, unnibble
+from . import blocks, lean, native
+from .linear import BlockLinear, HybridLinear, Int4Linear, Int8Linear, nibbles, unnibble
 
 QUANT_FILE = "gguf-weights.safetensors"
-FORMAT = "gemma-lsp-gguf-weights/1"
+FORMAT = "gemma-lsp-gguf-weights/2"  # /2 adds the blocks; a /1 file still runs, on torch's kernels
+READS = ("gemma-lsp-gguf-weights/1", FORMAT)
+BLOCKS = {blocks.T.Q4_K: ("q4k", native.repack_q4_k), blocks.T.Q6_K: ("q6k", native.q6_k_blocks)}
 INT4_ROWS = 16  # _convert_weight_to_int4pack_for_cpu: "expect N to be dividable by 16"
 
 
@@ -52,7 +56,7 @@ def build(gguf: Path, model_dir: Path) -> Path:
         skeleton = AutoModelForCausalLM.from_config(config)
     hf_to_gguf = {hf: g for g, hf in get_gguf_hf_weights_map(skeleton, TensorProcessor()).items()}
     out: dict[str, torch.Tensor] = {}
-    kinds = {"int4": 0, "int8": 0, "dense": 0}
+    kinds = {"int4": 0, "int8": 0, "dense": 0, "q4k": 0, "q6k": 0}
     shards = sorted(model_dir.glob("*.safetensors"))
     handles = [safe_open(s, "pt") for s in shards if s.name != QUANT_FILE]
     for name, mod in skeleton.named_modules():
@@ -80,6 +84,10 @@ def build(gguf: Path, model_dir: Path) -> Path:
                 f"{gguf.name}: tensor {g.name} does not match {name}.weight of the converted model; this "
                 "architecture stores its weights differently in GGUF. Run it with dtype bfloat16 instead"
             )
+        if g.tensor_type in BLOCKS and k % blocks.QK_K == 0:
+            kind, pack = BLOCKS[g.tensor_type]
+            out[f"{name}.{kind}"] = torch.from_numpy(pack(raw, n, k))
+            kinds[kind] += 1
         if isinstance(w, blocks.Int4Weight):
             out[f"{name}.q4"] = nibbles(torch.from_numpy(w.q))
             out[f"{name}.q4_scale"] = torch.from_numpy(w.scale)
@@ -101,21 +109,38 @@ def build(gguf: Path, model_dir: Path) -> Path:
     return dest
 
 
+def is_current(path: Path) -> bool:
+    """Whether the weights file at `path` is this version's (an older one is rebuilt at `prepare`)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, "pt") as f:
+            return (f.metadata() or {}).get("format") == FORMAT
+    except Exception:  # unreadable: rebuilding it is the fix
+        return False
+
+
 def attach(model: nn.Module, path: Path, max_rows: int = 8) -> dict[str, int]:
-    """Swap the Linears named in `path` for HybridLinears; return how many of each kind."""
+    """Swap the Linears named in `path` for HybridLinears; return how many run on each kind of kernel."""
     from safetensors import safe_open
 
     dtype = next(model.parameters()).dtype
-    counts = {"int4": 0, "int8": 0}
+    counts = {"q4k": 0, "q6k": 0, "int4": 0, "int8": 0}
     with safe_open(path, "pt") as f:
-        if f.metadata().get("format") != FORMAT:
+        if f.metadata().get("format") not in READS:
             raise ModelError(f"{path} is not a gemma-lsp weights file (format {f.metadata().get('format')!r})")
         keys = set(f.keys())
+        use_blocks = any(k.endswith((".q4k", ".q6k")) for k in keys) and native.available()
         for name, mod in list(model.named_modules()):
             if not isinstance(mod, nn.Linear):
                 continue
             has_bias = mod.bias is not None
-            if f"{name}.q4" in keys:
+            kind = next((k for k in BlockLinear.KINDS if f"{name}.{k}" in keys), None) if use_blocks else None
+            if kind is not None:
+                q = BlockLinear(mod.in_features, mod.out_features, False, dtype, kind)
+                q.set_weight(f.get_tensor(f"{name}.{kind}"))
+                counts[kind] += 1
+            elif f"{name}.q4" in keys:
                 q = Int4Linear(mod.in_features, mod.out_features, False, dtype)
                 q.set_weight(unnibble(f.get_tensor(f"{name}.q4")), f.get_tensor(f"{name}.q4_scale"),
                              f.get_tensor(f"{name}.q4_zero"))

@@ -108,4 +108,4 @@ def repack_q4_k(raw: np.ndarray, n: int, k: int) -> np.ndarray:
 
 def q6_k_blocks(raw: np.ndarray, n: int, k: int) -> np.ndarray:
     """GGUF Q6_K rows as [N, K/256, 210]: the kernel reads the file's block unchanged."""
-    return np.ascontiguousarray(raw.reshape(n, k // 256, 210))
+    return np.array(raw.reshape(n, k // 256, 210), copy=True)
