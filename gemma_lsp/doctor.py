@@ -31,14 +31,15 @@ def doctor() -> int:
         dev = f"cuda ({torch.cuda.get_device_name(0)})" if cuda else "cpu"
         print(f"device        {dev}; torch build {'CUDA ' + str(torch.version.cuda) if torch.version.cuda else 'CPU-only'}")
         print(f"threads       {torch.get_num_threads()}  cpu capability {torch.backends.cpu.get_cpu_capability()}")
-        auto = "bfloat16" if cuda else "gguf for GGUF models (int4/int8 decode, bf16 prompt pass), else bfloat16"
+        auto = "bfloat16" if cuda else "gguf for GGUF models (Q4_K/Q6_K decode, bf16 prompt pass), else bfloat16"
         print(f"dtype         auto = {auto}; speculative output is bit-exact on the GGUF path of "
               "Qwen2/Llama models and in float32")
     except ImportError:
         pass
     from . import default_model
     from .convert import is_prepared
-    from .quant.model import quant_path
+    from .quant import native
+    from .quant.model import is_current, quant_path
 
     parts_ok = True
     try:
@@ -52,10 +53,20 @@ def doctor() -> int:
     print(f"model cache   {default_model.prepared_dir()} ({'ready' if ready else 'not prepared'})")
     if not ready and parts_ok:
         problems.append(("the default model is not prepared yet (it will be on first use, ~2 min)", "gemma-lsp prepare"))
-    weights = quant_path(default_model.prepared_dir()).is_file()
-    print(f"GGUF weights  {'ready' if weights else 'not extracted'} (the CPU default; dtype bfloat16 runs without)")
-    if ready and not weights and parts_ok:
-        problems.append(("the GGUF's own weights are not extracted yet (they will be on first use, ~1 min)",
+    qfile = quant_path(default_model.prepared_dir())
+    weights = qfile.is_file()
+    current = weights and is_current(qfile)
+    print(f"GGUF weights  {('ready' if current else 'older format') if weights else 'not extracted'} "
+          "(the CPU default; dtype bfloat16 runs without)")
+    if ready and not current and parts_ok:
+        problems.append(("the GGUF's own weights are not extracted yet (they will be on first use, ~1 min)"
+                         if not weights else "the GGUF weights file predates the block kernels (it runs, slower)",
+                         "gemma-lsp prepare"))
+    why_not = native.prerequisites()
+    print(f"CPU kernels   {'built' if not why_not and native.built() else 'not built yet' if not why_not else 'not used'}"
+          f"{f': {why_not}' if why_not else ''} (Q4_K/Q6_K decode; else torch's int4/int8 kernels, slower)")
+    if not why_not and not native.built():
+        problems.append(("gemma-lsp's CPU kernels are not built yet (they will be on first use, ~15 s)",
                          "gemma-lsp prepare"))
     from .paths import models_dir
 

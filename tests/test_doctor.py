@@ -29,3 +29,19 @@ def test_doctor_asks_for_the_weights_when_only_bf16_is_prepared(tmp_path, monkey
     out = capsys.readouterr().out
     assert "(ready)" in out
     assert "weights are not extracted yet" in out
+
+
+def test_doctor_says_whether_the_cpu_kernels_are_built(tmp_path, monkeypatch, capsys):
+    from gemma_lsp.quant import native
+
+    monkeypatch.setenv("GEMMA_LSP_CACHE", str(tmp_path))  # an empty cache: nothing built there
+    doctor()
+    out = capsys.readouterr().out
+    why = native.prerequisites()
+    if why is None:
+        assert "CPU kernels   not built yet" in out and "CPU kernels are not built yet" in out
+    else:
+        assert f"CPU kernels   not used: {why}" in out
+    monkeypatch.setenv("GEMMA_LSP_NATIVE", "0")
+    doctor()
+    assert "CPU kernels   not used: turned off by GEMMA_LSP_NATIVE=0" in capsys.readouterr().out

@@ -40,32 +40,47 @@ def available() -> bool:
     return status() is None
 
 
-def _load() -> str | None:
+def prerequisites() -> str | None:
+    """What keeps the kernels from being built here, without building them; None if nothing."""
     if os.environ.get("GEMMA_LSP_NATIVE", "1") == "0":
         return "turned off by GEMMA_LSP_NATIVE=0"
     missing = [f for f in CPU_FLAGS if f not in _cpu_flags()]
     if platform.machine() not in ("x86_64", "AMD64") or missing:
         return f"this CPU lacks {', '.join(missing) or 'x86-64'}"
-    bindir = str(Path(sys.executable).parent)  # pip's ninja lands next to the interpreter
-    if shutil.which("ninja", path=os.pathsep.join([bindir, os.environ.get("PATH", "")])) is None:
+    if shutil.which("ninja", path=os.pathsep.join([_bindir(), os.environ.get("PATH", "")])) is None:
         return "ninja is not installed (pip install ninja)"
     if shutil.which(os.environ.get("CXX", "c++")) is None:
         return "no C++ compiler (c++) on PATH"
-    return _build(bindir)
+    return None
 
 
-def _build(bindir: str) -> str | None:
+def built() -> bool:
+    name, where = _target()
+    return (where / f"{name}.so").is_file()
+
+
+def _load() -> str | None:
+    return prerequisites() or _build()
+
+
+def _bindir() -> str:
+    return str(Path(sys.executable).parent)  # pip's ninja lands next to the interpreter
+
+
+def _target() -> tuple[str, Path]:
+    key = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode() + " ".join(CFLAGS).encode()).hexdigest()[:12]
+    return f"gemma_lsp_kernels_{key}", cache_dir() / "kernels" / key
+
+
+def _build() -> str | None:
     from torch.utils.cpp_extension import load
 
-    key = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode() + " ".join(CFLAGS).encode()).hexdigest()[:12]
-    name = f"gemma_lsp_kernels_{key}"
-    where = cache_dir() / "kernels" / key
+    name, where = _target()
     where.mkdir(parents=True, exist_ok=True)
     path = os.environ.get("PATH", "")
-    os.environ["PATH"] = os.pathsep.join([bindir, path])
+    os.environ["PATH"] = os.pathsep.join([_bindir(), path])
     try:
-        fresh = not (where / f"{name}.so").is_file()
-        if fresh:
+        if not built():
             print("Building gemma-lsp's CPU kernels (one time, ~15 s)...", file=sys.stderr, flush=True)
         load(name, [str(SOURCE)], extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"], build_directory=str(where),
              is_python_module=False, verbose=False)
