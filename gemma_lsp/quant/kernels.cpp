@@ -48,12 +48,14 @@ struct Rows {  // activation rows quantized per block of 256
 constexpr int Q4K_ORDER[8] = {0, 2, 1, 3, 4, 6, 5, 7};
 constexpr int NATURAL[8] = {0, 1, 2, 3, 4, 5, 6, 7};
 
-Rows quantize(const float* x, int64_t M, int64_t K, const int* order, int group) {
+template <typename T>
+Rows quantize(const T* x, int64_t M, int64_t K, const int* order, int group) {
   const int64_t nb = K / QK;
   const int groups = QK / group;
   Rows r{std::vector<int8_t>(M * K), std::vector<float>(M * nb), std::vector<int16_t>(M * nb * groups)};
   for (int64_t mb = 0; mb < M * nb; ++mb) {
-    const float* xb = x + mb * QK;
+    float xb[QK];
+    for (int j = 0; j < QK; ++j) xb[j] = static_cast<float>(x[mb * QK + j]);
     float amax = 0.f;
     for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(xb[j]));
     const float inv = amax > 0.f ? 127.f / amax : 0.f;
@@ -82,8 +84,8 @@ inline void prefetch(const uint8_t* p, int bytes) {
   for (int o = 0; o < bytes; o += 64) _mm_prefetch((const char*)(p + PREFETCH + o), _MM_HINT_T0);
 }
 
-template <int M>
-void q4k_rows(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Rows& x, int64_t m0, float* out,
+template <int M, typename O>
+void q4k_rows(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Rows& x, int64_t m0, O* out,
               int64_t ldo) {
   const __m512i low = _mm512_set1_epi8(0x0F);
   // int16 lane indices picking scale a into lanes 0..15 and scale b into lanes 16..31
@@ -123,12 +125,12 @@ void q4k_rows(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Rows& 
         mins[m] = _mm_fmadd_ps(_mm_cvtepi32_ps(ms), _mm_set1_ps(dmin * dx), mins[m]);
       }
     }
-    for (int m = 0; m < M; ++m) out[m * ldo + n] = _mm512_reduce_add_ps(acc[m]) - hsum128(mins[m]);
+    for (int m = 0; m < M; ++m) out[m * ldo + n] = static_cast<O>(_mm512_reduce_add_ps(acc[m]) - hsum128(mins[m]));
   }
 }
 
-template <int M>
-void q6k_rows(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Rows& x, int64_t m0, float* out,
+template <int M, typename O>
+void q6k_rows(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Rows& x, int64_t m0, O* out,
               int64_t ldo) {
   const __m512i low4 = _mm512_set1_epi8(0x0F), low2 = _mm512_set1_epi8(0x03);
   // int16 lane indices: lanes 8i..8i+7 take scale base+i (16 weights = 8 pairs per scale)
@@ -173,45 +175,57 @@ void q6k_rows(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Rows& 
         acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_set1_ps(d * x.dx[mb]), acc[m]);
       }
     }
-    for (int m = 0; m < M; ++m) out[m * ldo + n] = _mm512_reduce_add_ps(acc[m]);
+    for (int m = 0; m < M; ++m) out[m * ldo + n] = static_cast<O>(_mm512_reduce_add_ps(acc[m]));
   }
 }
 
-using Kernel = void (*)(const uint8_t*, int64_t, int64_t, int64_t, const Rows&, int64_t, float*, int64_t);
+template <typename O>
+using Kernel = void (*)(const uint8_t*, int64_t, int64_t, int64_t, const Rows&, int64_t, O*, int64_t);
 
-#define GEMMA_LSP_TABLE(fn)                                                                         \
-  constexpr Kernel fn##_table[MAX_ROWS] = {fn<1>, fn<2>, fn<3>, fn<4>, fn<5>, fn<6>, fn<7>, fn<8>};
-GEMMA_LSP_TABLE(q4k_rows)
-GEMMA_LSP_TABLE(q6k_rows)
+// one instantiation per row count 1..MAX_ROWS and output type
+#define GEMMA_LSP_TABLE(fn, O) \
+  constexpr Kernel<O> fn##_##O[MAX_ROWS] = {fn<1, O>, fn<2, O>, fn<3, O>, fn<4, O>, fn<5, O>, fn<6, O>, fn<7, O>, fn<8, O>};
+using bf16 = c10::BFloat16;
+GEMMA_LSP_TABLE(q4k_rows, float)
+GEMMA_LSP_TABLE(q4k_rows, bf16)
+GEMMA_LSP_TABLE(q6k_rows, float)
+GEMMA_LSP_TABLE(q6k_rows, bf16)
 
-at::Tensor run(const at::Tensor& x_, const at::Tensor& w, int block_bytes, const Kernel* table, const int* order,
-               int group, const char* what) {
+template <typename T>
+at::Tensor run_typed(const at::Tensor& x, const at::Tensor& w, const Kernel<T>* table, const int* order, int group) {
+  const int64_t K = x.size(-1), N = w.size(0), nb = w.size(1), M = x.numel() / K;
+  const Rows rows = quantize(x.data_ptr<T>(), M, K, order, group);
+  at::Tensor out = at::empty({M, N}, x.options());
+  T* o = out.data_ptr<T>();
+  const uint8_t* W = w.data_ptr<uint8_t>();
+  for (int64_t m0 = 0; m0 < M; m0 += MAX_ROWS) {  // each row's result is independent of the passes
+    const Kernel<T> k = table[std::min<int64_t>(MAX_ROWS, M - m0) - 1];
+    at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) { k(W, n0, n1, nb, rows, m0, o + m0 * N, N); });
+  }
+  return out;
+}
+
+at::Tensor run(const at::Tensor& x_, const at::Tensor& w, int block_bytes, const Kernel<float>* f32,
+               const Kernel<bf16>* b16, const int* order, int group, const char* what) {
   TORCH_CHECK(w.dim() == 3 && w.size(2) == block_bytes && w.scalar_type() == at::kByte && w.is_contiguous(),
               what, ": weights must be contiguous uint8 [N, K/256, ", block_bytes, "]");
   const int64_t K = x_.size(-1), N = w.size(0), nb = w.size(1);
   TORCH_CHECK(K == nb * QK, what, ": input has ", K, " features, the weights ", nb * QK);
-  const at::Tensor x = x_.reshape({-1, K}).to(at::kFloat).contiguous();
-  const int64_t M = x.size(0);
-  const Rows rows = quantize(x.data_ptr<float>(), M, K, order, group);
-  at::Tensor out = at::empty({M, N}, x.options());
-  float* o = out.data_ptr<float>();
-  const uint8_t* W = w.data_ptr<uint8_t>();
-  for (int64_t m0 = 0; m0 < M; m0 += MAX_ROWS) {  // each row's result is independent of the passes
-    const int64_t m = std::min<int64_t>(MAX_ROWS, M - m0);
-    const Kernel k = table[m - 1];
-    at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) { k(W, n0, n1, nb, rows, m0, o + m0 * N, N); });
-  }
+  // bf16 in and out as they are; any other dtype through float32
+  const bool is_bf16 = x_.scalar_type() == at::kBFloat16;
+  const at::Tensor x = (is_bf16 ? x_ : x_.to(at::kFloat)).reshape({-1, K}).contiguous();
+  at::Tensor out = is_bf16 ? run_typed<bf16>(x, w, b16, order, group) : run_typed<float>(x, w, f32, order, group);
   auto sizes = x_.sizes().vec();
   sizes.back() = N;
   return out.to(x_.scalar_type()).reshape(sizes);
 }
 
 at::Tensor q4k_mm(const at::Tensor& x, const at::Tensor& w) {
-  return run(x, w, Q4K_BYTES, q4k_rows_table, Q4K_ORDER, 32, "q4k_mm");
+  return run(x, w, Q4K_BYTES, q4k_rows_float, q4k_rows_bf16, Q4K_ORDER, 32, "q4k_mm");
 }
 
 at::Tensor q6k_mm(const at::Tensor& x, const at::Tensor& w) {
-  return run(x, w, Q6K_BYTES, q6k_rows_table, NATURAL, 16, "q6k_mm");
+  return run(x, w, Q6K_BYTES, q6k_rows_float, q6k_rows_bf16, NATURAL, 16, "q6k_mm");
 }
 
 }  // namespace
