@@ -63,8 +63,10 @@ def doctor() -> int:
                          if not weights else "the GGUF weights file predates the block kernels (it runs, slower)",
                          "gemma-lsp prepare"))
     why_not = native.prerequisites()
-    print(f"CPU kernels   {'built' if not why_not and native.built() else 'not built yet' if not why_not else 'not used'}"
-          f"{f': {why_not}' if why_not else ''} (Q4_K/Q6_K decode; else torch's int4/int8 kernels, slower)")
+    state = "not used" if why_not else "built" if native.built() else "not built yet"
+    sets = "AVX512-VNNI" if "avx512_vnni" in native.cpu_flags() else "AVX2"
+    print(f"CPU kernels   {state}{f': {why_not}' if why_not else f' ({sets})'} "
+          "(Q4_K/Q6_K decode; else torch's int4/int8 kernels, slower)")
     if not why_not and not native.built():
         problems.append(("gemma-lsp's CPU kernels are not built yet (they will be on first use, ~15 s)",
                          "gemma-lsp prepare"))

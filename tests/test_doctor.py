@@ -39,7 +39,7 @@ def test_doctor_says_whether_the_cpu_kernels_are_built(tmp_path, monkeypatch, ca
     out = capsys.readouterr().out
     why = native.prerequisites()
     if why is None:
-        assert "CPU kernels   not built yet" in out and "CPU kernels are not built yet" in out
+        assert "CPU kernels   not built yet (AVX" in out and "CPU kernels are not built yet" in out
     else:
         assert f"CPU kernels   not used: {why}" in out
     monkeypatch.setenv("GEMMA_LSP_NATIVE", "0")

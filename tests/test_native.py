@@ -1,4 +1,4 @@
-"""gemma-lsp's own Q4_K / Q6_K kernels (quant/kernels.cpp) on random blocks shaped like a GGUF's.
+"""gemma-lsp's own Q4_K / Q6_K kernels (quant/kernels/, AVX512 and AVX2) on random blocks shaped like a GGUF's.
 
 Two references, both from the gguf package's dequantizer (the one llama.cpp's Python tools use):
   * exact: the activations quantized per 256 values as the kernel does (round half to even of
@@ -24,6 +24,17 @@ pytestmark = pytest.mark.skipif(not native.available(), reason=f"native kernels:
 KERNELS = {T.Q4_K: (native.repack_q4_k, native.q4k_mm), T.Q6_K: (native.q6_k_blocks, native.q6k_mm)}
 
 
+@pytest.fixture(params=["avx512", "avx2"])
+def isa(request):
+    """Each kernel test runs on both instruction sets this CPU has (AVX2 code runs on AVX512 CPUs)."""
+    before = native.isa()
+    if native.isa(request.param) != request.param:
+        native.isa(before)
+        pytest.skip(f"this CPU has no {request.param}")
+    yield request.param
+    native.isa(before)
+
+
 def weights(qtype: T, n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
     raw = random_blocks(qtype, n, k, seed)
     pack, _ = KERNELS[qtype]
@@ -40,7 +51,7 @@ def int8_activations(x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("qtype", [T.Q4_K, T.Q6_K])
 @pytest.mark.parametrize("rows", [1, 3, 8, 11])
-def test_kernel_computes_the_blocks_times_int8_activations(qtype, rows):
+def test_kernel_computes_the_blocks_times_int8_activations(qtype, rows, isa):
     n, k = 80, 768
     w, ref = weights(qtype, n, k, seed=rows)
     x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows)) * 3
@@ -57,7 +68,7 @@ def test_kernel_computes_the_blocks_times_int8_activations(qtype, rows):
 
 @pytest.mark.parametrize("qtype", [T.Q4_K, T.Q6_K])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_each_row_is_computed_alone(qtype, dtype):
+def test_each_row_is_computed_alone(qtype, dtype, isa):
     """A k-row call yields, bit for bit, what k one-row calls yield (verify == steps)."""
     w, _ = weights(qtype, 48, 512, seed=7)
     x = torch.randn(12, 512, generator=torch.Generator().manual_seed(1)).to(dtype)
@@ -69,7 +80,7 @@ def test_each_row_is_computed_alone(qtype, dtype):
     assert torch.equal(mm(x.view(3, 4, 512), w), together.view(3, 4, 48))
 
 
-def test_zero_rows_and_wrong_shapes():
+def test_zero_rows_and_wrong_shapes(isa):
     w, _ = weights(T.Q4_K, 16, 256)
     assert torch.equal(native.q4k_mm(torch.zeros(2, 256), w), torch.zeros(2, 16))
     with pytest.raises(RuntimeError, match="features"):
@@ -123,7 +134,7 @@ def test_build_keeps_the_blocks_and_attach_runs_them(tiny_blocks):
 
 
 @pytest.mark.parametrize("drafter", ["ngram", "suggestion"])
-def test_speculative_equals_plain_on_the_block_kernels(tiny_blocks, drafter):
+def test_speculative_equals_plain_on_the_block_kernels(tiny_blocks, drafter, isa):
     """Lossless w.r.t. the model actually run, through the lean forward and fused block siblings."""
     from gemma_lsp.engine import Engine, GenerateRequest
     from gemma_lsp.engine.costs import CostCurve
@@ -147,7 +158,7 @@ def test_speculative_equals_plain_on_the_block_kernels(tiny_blocks, drafter):
 
 
 @torch.inference_mode()
-def test_a_verify_forward_equals_one_token_steps_on_the_blocks(tiny_blocks):
+def test_a_verify_forward_equals_one_token_steps_on_the_blocks(tiny_blocks, isa):
     from transformers import DynamicCache
 
     from gemma_lsp.engine.cache import truncate
@@ -161,6 +172,24 @@ def test_a_verify_forward_equals_one_token_steps_on_the_blocks(tiny_blocks):
     truncate(cache, prompt.shape[1])
     verify = model(input_ids=torch.tensor([feed]), cache=cache, logits_to_keep=len(feed)).logits[0]
     assert all(torch.equal(verify[i], steps[i]) for i in range(len(feed)))
+
+
+def test_the_two_instruction_sets_compute_the_same_values():
+    """Not bit for bit (their float sums over lanes differ in order), but within float32 rounding."""
+    before = native.isa()
+    if native.isa("avx512") != "avx512":
+        pytest.skip("this CPU has no AVX512-VNNI")
+    try:
+        for qtype, (pack, mm) in KERNELS.items():
+            w, _ = weights(qtype, 64, 1024, seed=3)
+            x = torch.randn(5, 1024, generator=torch.Generator().manual_seed(9))
+            wide = mm(x, w)
+            native.isa("avx2")
+            narrow = mm(x, w)
+            native.isa("avx512")
+            torch.testing.assert_close(narrow, wide, rtol=1e-5, atol=1e-4)
+    finally:
+        native.isa(before)
 
 
 def test_without_the_kernels_the_same_file_runs_torchs(tiny_blocks, monkeypatch):

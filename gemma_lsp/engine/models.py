@@ -27,6 +27,7 @@ from ..convert import assemble, make_missing, missing
 from ..errors import ModelError
 from ..paths import models_dir
 from ..quant import lean
+from ..quant import native
 from ..quant.model import attach, quant_path
 
 # Preset -> (target HF repo, draft HF repo or None), resolved from the local HF cache only.
@@ -134,7 +135,10 @@ def load(spec: str | None, device: str = "auto", dtype: str = "auto") -> Loaded:
         except Exception as e:  # a damaged file: say which, and how to rebuild it
             raise ModelError(f"could not read {qfile} ({e}); delete it and run `gemma-lsp prepare` "
                              "to rebuild it, or use dtype bfloat16") from e
-        weights = f"gguf {' + '.join(f'{k} x{v}' for k, v in counts.items() if v)}, bf16 prefill"
+        weights = f"gguf {' + '.join(f'{k} x{v}' for k, v in counts.items() if v)}"
+        if counts["q4k"] or counts["q6k"]:
+            weights += f" ({native.isa()})"  # a cost curve per instruction set: it keys the cached curve
+        weights += ", bf16 prefill"
         if lean.installed(model):
             weights += ", lean decode"
     return Loaded(model, tok, name=spec or default_model.NAME, path=path, preset_draft=preset_draft, weights=weights)

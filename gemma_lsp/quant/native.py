@@ -1,10 +1,11 @@
-"""gemma-lsp's own CPU kernels (kernels.cpp): built once on this machine, or not used at all.
+"""gemma-lsp's own CPU kernels (kernels/): built once on this machine, or not used at all.
 
-They need an x86-64 CPU with AVX512-VNNI, a C++ compiler and ninja. The build (~15 s) runs
-at `gemma-lsp prepare` or at the first load, into the cache directory, keyed by the source
-and the torch version. Anything missing means the GGUF path runs torch's int4/int8 kernels
-instead, which compute the same model less quickly: `status()` says which and why.
-`GEMMA_LSP_NATIVE=0` turns them off.
+They need an x86-64 CPU with AVX2 (AVX512-VNNI where it has it: chosen at run time), a
+C++ compiler and ninja. The build (~20 s) runs at `gemma-lsp prepare` or at the first load,
+into the cache directory, keyed by the sources and the torch version. Anything missing means
+the GGUF path runs torch's int4/int8 kernels instead, which compute the same model less
+quickly: `status()` says which and why. `GEMMA_LSP_NATIVE=0` turns them off,
+`GEMMA_LSP_NATIVE=avx2` keeps to the AVX2 kernels.
 """
 
 from __future__ import annotations
@@ -21,9 +22,9 @@ import torch
 
 from ..paths import cache_dir
 
-SOURCE = Path(__file__).with_name("kernels.cpp")
-CPU_FLAGS = ("avx512f", "avx512bw", "avx512vl", "avx512_vnni", "f16c", "fma")
-CFLAGS = ["-O3", "-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512vnni", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]
+SOURCES = Path(__file__).with_name("kernels")
+CPU_FLAGS = ("avx2", "fma", "f16c")
+CFLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]  # the AVX512 kernels carry their own target
 Q4K_BYTES, Q6K_BYTES = 148, 210
 
 _state: dict[str, str | None] = {}  # "error": None once loaded, else why not
@@ -44,7 +45,7 @@ def prerequisites() -> str | None:
     """What keeps the kernels from being built here, without building them; None if nothing."""
     if os.environ.get("GEMMA_LSP_NATIVE", "1") == "0":
         return "turned off by GEMMA_LSP_NATIVE=0"
-    missing = [f for f in CPU_FLAGS if f not in _cpu_flags()]
+    missing = [f for f in CPU_FLAGS if f not in cpu_flags()]
     if platform.machine() not in ("x86_64", "AMD64") or missing:
         return f"this CPU lacks {', '.join(missing) or 'x86-64'}"
     if shutil.which("ninja", path=os.pathsep.join([_bindir(), os.environ.get("PATH", "")])) is None:
@@ -60,7 +61,15 @@ def built() -> bool:
 
 
 def _load() -> str | None:
-    return prerequisites() or _build()
+    error = prerequisites() or _build()
+    if error is None and os.environ.get("GEMMA_LSP_NATIVE") == "avx2":
+        isa("avx2")
+    return error
+
+
+def isa(want: str = "") -> str:
+    """The instruction set the kernels run ("avx512" or "avx2"); `want` switches it (tests)."""
+    return torch.ops.gemma_lsp.isa(want)
 
 
 def _bindir() -> str:
@@ -68,7 +77,10 @@ def _bindir() -> str:
 
 
 def _target() -> tuple[str, Path]:
-    key = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode() + " ".join(CFLAGS).encode()).hexdigest()[:12]
+    h = hashlib.sha256(torch.__version__.encode() + " ".join(CFLAGS).encode())
+    for f in sorted(SOURCES.iterdir()):
+        h.update(f.name.encode() + f.read_bytes())
+    key = h.hexdigest()[:12]
     return f"gemma_lsp_kernels_{key}", cache_dir() / "kernels" / key
 
 
@@ -81,8 +93,8 @@ def _build() -> str | None:
     os.environ["PATH"] = os.pathsep.join([_bindir(), path])
     try:
         if not built():
-            print("Building gemma-lsp's CPU kernels (one time, ~15 s)...", file=sys.stderr, flush=True)
-        load(name, [str(SOURCE)], extra_cflags=CFLAGS, extra_ldflags=["-fopenmp"], build_directory=str(where),
+            print("Building gemma-lsp's CPU kernels (one time, ~20 s)...", file=sys.stderr, flush=True)
+        load(name, [str(SOURCES / "ops.cpp")], extra_cflags=CFLAGS, extra_include_paths=[str(SOURCES)], extra_ldflags=["-fopenmp"], build_directory=str(where),
              is_python_module=False, verbose=False)
     except Exception as e:  # a compiler error, a torch without headers, ...: fall back, and say why
         return f"build failed ({type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else e})"
@@ -91,7 +103,7 @@ def _build() -> str | None:
     return None
 
 
-def _cpu_flags() -> set[str]:
+def cpu_flags() -> set[str]:
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:

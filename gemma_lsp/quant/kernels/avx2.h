@@ -1,0 +1,94 @@
+// AVX2 kernels (most laptop and desktop CPUs): 32 weights per vpmaddubsw + vpmaddwd pair,
+// the same math and the same block layouts as avx512.h; activations in natural order.
+#pragma once
+#include "common.h"
+
+namespace gl {
+
+template <int M, typename O>
+void q4k_rows_256(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Rows& x, int64_t m0, O* out,
+                  int64_t ldo) {
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  for (int64_t n = n0; n < n1; ++n) {
+    __m256 acc[M];
+    __m128 mins[M];
+    for (int m = 0; m < M; ++m) acc[m] = _mm256_setzero_ps(), mins[m] = _mm_setzero_ps();
+    const uint8_t* row = W + n * nb * Q4K_BYTES;
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* blk = row + b * Q4K_BYTES;
+      prefetch(blk, Q4K_BYTES);
+      const float d = _cvtsh_ss(*(const uint16_t*)blk), dmin = _cvtsh_ss(*(const uint16_t*)(blk + 2));
+      const uint8_t* sc = blk + 4;
+      const __m128i mn = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i*)(blk + 12)));
+      __m256i q[8];
+      for (int c = 0; c < 4; ++c) {  // 32 bytes: group 2c in the low nibbles, 2c+1 in the high
+        const __m256i r = _mm256_loadu_si256((const __m256i*)(blk + 20 + 32 * c));
+        q[2 * c] = _mm256_and_si256(r, low);
+        q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(r, 4), low);
+      }
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) {
+        const int64_t mb = (m0 + m) * nb + b;
+        const int8_t* xb = x.q.data() + mb * QK;
+        __m256i t = _mm256_setzero_si256();  // Σ_g sc_g·Σ q·xq, spread over 8 lanes
+        for (int g = 0; g < 8; ++g) {
+          const __m256i p = _mm256_maddubs_epi16(q[g], _mm256_loadu_si256((const __m256i*)(xb + 32 * g)));
+          t = _mm256_add_epi32(t, _mm256_madd_epi16(p, _mm256_set1_epi16(sc[g])));
+        }
+        const float dx = x.dx[mb];
+        acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(d * dx), acc[m]);
+        const __m128i ms = _mm_madd_epi16(mn, _mm_loadu_si128((const __m128i*)(x.sum.data() + mb * 8)));
+        mins[m] = _mm_fmadd_ps(_mm_cvtepi32_ps(ms), _mm_set1_ps(dmin * dx), mins[m]);
+      }
+    }
+    for (int m = 0; m < M; ++m) out[m * ldo + n] = static_cast<O>(hsum256(acc[m]) - hsum128(mins[m]));
+  }
+}
+
+template <int M, typename O>
+void q6k_rows_256(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Rows& x, int64_t m0, O* out,
+                  int64_t ldo) {
+  const __m256i low4 = _mm256_set1_epi8(0x0F), low2 = _mm256_set1_epi8(0x03);
+  for (int64_t n = n0; n < n1; ++n) {
+    __m256 acc[M];
+    for (int m = 0; m < M; ++m) acc[m] = _mm256_setzero_ps();
+    const uint8_t* row = W + n * nb * Q6K_BYTES;
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* blk = row + b * Q6K_BYTES;
+      prefetch(blk, Q6K_BYTES);
+      const float d = _cvtsh_ss(*(const uint16_t*)(blk + 208));
+      const int8_t* sc = (const int8_t*)(blk + 192);
+      const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)sc));
+      __m256i q[8], s[8];
+      for (int h = 0; h < 2; ++h) {  // 128 weights: ql 64 bytes, qh 32 bytes
+        const __m256i l0 = _mm256_loadu_si256((const __m256i*)(blk + 64 * h));
+        const __m256i l1 = _mm256_loadu_si256((const __m256i*)(blk + 64 * h + 32));
+        const __m256i hb = _mm256_loadu_si256((const __m256i*)(blk + 128 + 32 * h));
+        const auto high = [&](int shift) {
+          return _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(hb, shift), low2), 4);
+        };
+        q[4 * h] = _mm256_or_si256(_mm256_and_si256(l0, low4), high(0));
+        q[4 * h + 1] = _mm256_or_si256(_mm256_and_si256(l1, low4), high(2));
+        q[4 * h + 2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l0, 4), low4), high(4));
+        q[4 * h + 3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(l1, 4), low4), high(6));
+      }
+      for (int j = 0; j < 8; ++j)  // 32 weights: scale 2j for the first 16, 2j+1 for the next
+        s[j] = _mm256_set_m128i(_mm_set1_epi16(sc[2 * j + 1]), _mm_set1_epi16(sc[2 * j]));
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) {
+        const int64_t mb = (m0 + m) * nb + b;
+        const int8_t* xb = x.q.data() + mb * QK;
+        __m256i t = _mm256_setzero_si256();  // Σ_j sc_j·Σ q·xq
+        for (int j = 0; j < 8; ++j)
+          t = _mm256_add_epi32(
+              t, _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], _mm256_loadu_si256((const __m256i*)(xb + 32 * j))), s[j]));
+        const __m256i corr = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i*)(x.sum.data() + mb * 16)));
+        t = _mm256_sub_epi32(t, _mm256_slli_epi32(corr, 5));  // − 32·Σ_j sc_j·Σ xq
+        acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(d * x.dx[mb]), acc[m]);
+      }
+    }
+    for (int m = 0; m < M; ++m) out[m * ldo + n] = static_cast<O>(hsum256(acc[m]));
+  }
+}
+
+}  // namespace gl

@@ -1,0 +1,105 @@
+// AVX512-VNNI kernels: 64 weights per vpmaddubsw + vpdpwssd pair. Compiled for these
+// instructions by function attribute; ops.cpp calls them only where the CPU has them.
+#pragma once
+#include "common.h"
+
+#define GL_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c")))
+
+namespace gl {
+
+template <int M, typename O>
+GL_AVX512 void q4k_rows_512(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Rows& x, int64_t m0, O* out,
+              int64_t ldo) {
+  const __m512i low = _mm512_set1_epi8(0x0F);
+  // int16 lane indices picking scale a into lanes 0..15 and scale b into lanes 16..31
+  const __m512i pick02 = _mm512_set_epi16(2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
+                                          0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i pick13 = _mm512_add_epi16(pick02, _mm512_set1_epi16(1));
+  const __m512i pick46 = _mm512_add_epi16(pick02, _mm512_set1_epi16(4));
+  const __m512i pick57 = _mm512_add_epi16(pick02, _mm512_set1_epi16(5));
+  for (int64_t n = n0; n < n1; ++n) {
+    __m512 acc[M];
+    __m128 mins[M];
+    for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps(), mins[m] = _mm_setzero_ps();
+    const uint8_t* row = W + n * nb * Q4K_BYTES;
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* blk = row + b * Q4K_BYTES;
+      prefetch(blk, Q4K_BYTES);
+      const float d = _cvtsh_ss(*(const uint16_t*)blk), dmin = _cvtsh_ss(*(const uint16_t*)(blk + 2));
+      const __m512i sc = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i*)(blk + 4))));
+      const __m128i mn = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i*)(blk + 12)));
+      const __m512i s0 = _mm512_permutexvar_epi16(pick02, sc), s1 = _mm512_permutexvar_epi16(pick13, sc);
+      const __m512i s2 = _mm512_permutexvar_epi16(pick46, sc), s3 = _mm512_permutexvar_epi16(pick57, sc);
+      const __m512i r0 = _mm512_loadu_si512(blk + 20), r1 = _mm512_loadu_si512(blk + 84);
+      const __m512i q0 = _mm512_and_si512(r0, low), q1 = _mm512_and_si512(_mm512_srli_epi16(r0, 4), low);
+      const __m512i q2 = _mm512_and_si512(r1, low), q3 = _mm512_and_si512(_mm512_srli_epi16(r1, 4), low);
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) {
+        const int64_t mb = (m0 + m) * nb + b;
+        const int8_t* xb = x.q.data() + mb * QK;
+        __m512i t = _mm512_setzero_si512();  // Σ_g sc_g·Σ q·xq, spread over 16 lanes
+        t = _mm512_dpwssd_epi32(t, _mm512_maddubs_epi16(q0, _mm512_loadu_si512(xb)), s0);
+        t = _mm512_dpwssd_epi32(t, _mm512_maddubs_epi16(q1, _mm512_loadu_si512(xb + 64)), s1);
+        t = _mm512_dpwssd_epi32(t, _mm512_maddubs_epi16(q2, _mm512_loadu_si512(xb + 128)), s2);
+        t = _mm512_dpwssd_epi32(t, _mm512_maddubs_epi16(q3, _mm512_loadu_si512(xb + 192)), s3);
+        const float dx = x.dx[mb];
+        acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_set1_ps(d * dx), acc[m]);
+        const __m128i ms = _mm_madd_epi16(mn, _mm_loadu_si128((const __m128i*)(x.sum.data() + mb * 8)));
+        mins[m] = _mm_fmadd_ps(_mm_cvtepi32_ps(ms), _mm_set1_ps(dmin * dx), mins[m]);
+      }
+    }
+    for (int m = 0; m < M; ++m) out[m * ldo + n] = static_cast<O>(_mm512_reduce_add_ps(acc[m]) - hsum128(mins[m]));
+  }
+}
+
+template <int M, typename O>
+GL_AVX512 void q6k_rows_512(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Rows& x, int64_t m0, O* out,
+              int64_t ldo) {
+  const __m512i low4 = _mm512_set1_epi8(0x0F), low2 = _mm512_set1_epi8(0x03);
+  // int16 lane indices: lanes 8i..8i+7 take scale base+i (16 weights = 8 pairs per scale)
+  const __m512i pick0 = _mm512_set_epi16(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2,
+                                         1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i pick[4] = {pick0, _mm512_add_epi16(pick0, _mm512_set1_epi16(4)),
+                           _mm512_add_epi16(pick0, _mm512_set1_epi16(8)),
+                           _mm512_add_epi16(pick0, _mm512_set1_epi16(12))};
+  for (int64_t n = n0; n < n1; ++n) {
+    __m512 acc[M];
+    for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps();
+    const uint8_t* row = W + n * nb * Q6K_BYTES;
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* blk = row + b * Q6K_BYTES;
+      prefetch(blk, Q6K_BYTES);
+      const float d = _cvtsh_ss(*(const uint16_t*)(blk + 208));
+      const __m256i sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i*)(blk + 192)));
+      const __m512i sc = _mm512_broadcast_i64x4(sc16);
+      __m512i q[4];
+      for (int h = 0; h < 2; ++h) {  // 128 weights: ql 64 bytes, qh 32 bytes
+        const __m512i l = _mm512_loadu_si512(blk + 64 * h);
+        const __m256i hb = _mm256_loadu_si256((const __m256i*)(blk + 128 + 32 * h));
+        const __m512i h02 = _mm512_inserti64x4(_mm512_castsi256_si512(hb), _mm256_srli_epi16(hb, 2), 1);
+        const __m512i h46 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_srli_epi16(hb, 4)),
+                                               _mm256_srli_epi16(hb, 6), 1);
+        q[2 * h] = _mm512_or_si512(_mm512_and_si512(l, low4), _mm512_slli_epi16(_mm512_and_si512(h02, low2), 4));
+        q[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), low4),
+                                       _mm512_slli_epi16(_mm512_and_si512(h46, low2), 4));
+      }
+      __m512i s[4];
+      for (int j = 0; j < 4; ++j) s[j] = _mm512_permutexvar_epi16(pick[j], sc);
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) {
+        const int64_t mb = (m0 + m) * nb + b;
+        const int8_t* xb = x.q.data() + mb * QK;
+        __m512i t = _mm512_setzero_si512();  // Σ_j sc_j·Σ q·xq
+        for (int j = 0; j < 4; ++j)
+          t = _mm512_dpwssd_epi32(t, _mm512_maddubs_epi16(q[j], _mm512_loadu_si512(xb + 64 * j)), s[j]);
+        // − 32·Σ_j sc_j·Σ xq: 8 int32 lanes, subtracted from the low half
+        const __m256i corr = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i*)(x.sum.data() + mb * 16)));
+        t = _mm512_sub_epi32(t, _mm512_zextsi256_si512(_mm256_slli_epi32(corr, 5)));
+        acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_set1_ps(d * x.dx[mb]), acc[m]);
+      }
+    }
+    for (int m = 0; m < M; ++m) out[m * ldo + n] = static_cast<O>(_mm512_reduce_add_ps(acc[m]));
+  }
+}
+
+}  // namespace gl

@@ -1,0 +1,91 @@
+// GGUF k-quant blocks times int8-quantized activations, for the few-row forwards of decode
+// and verify on x86 CPUs (AVX512-VNNI, or AVX2). Built at run time by native.py (torch's JIT
+// extension loader), registered as torch ops gemma_lsp::q4k_mm and gemma_lsp::q6k_mm (ops.cpp).
+//
+// Why: a one-token step is bound by the bytes of weights it reads. torch's int4 kernel
+// needs a bf16 scale and zero per 32 weights (5 bits per weight) and its int8 kernel 8;
+// these kernels read the file's own blocks: Q4_K at 4.625 bits (repacked 6-bit scales),
+// Q6_K at 6.5625. They multiply in integers (vpmaddubsw + vpdpwssd / vpmaddwd) so that the work per
+// byte stays below what memory delivers.
+//
+// Math. Each activation row is quantized per 256 values: x ≈ dx·xq, xq = round(x/dx) in
+// [-127, 127], dx = max|x|/127 (the error per value is at most dx/2). Then for one block
+//   Q4_K: w = d·sc_g·q − dmin·mn_g (q in 0..15, 8 groups of 32)
+//         Σ w·x ≈ dx·(d·Σ_g sc_g·Σ q·xq − dmin·Σ_g mn_g·Σ xq)
+//   Q6_K: w = d·sc_j·(q − 32) (q in 0..63, 16 groups of 16, sc_j int8)
+//         Σ w·x ≈ dx·d·(Σ_j sc_j·Σ q·xq − 32·Σ_j sc_j·Σ xq)
+// All sums within a block are exact in int32; blocks accumulate in float32.
+//
+// Exactness across row counts. Output (m, n) is computed by the same instructions in the
+// same order whatever the number of rows M and however the output columns are split
+// between threads: a k-row verify yields bit for bit what k one-row steps yield.
+#pragma once
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace gl {
+
+
+constexpr int QK = 256;          // weights per super-block
+constexpr int Q4K_BYTES = 148;   // d f16, dmin f16, sc[8] u8, mn[8] u8, qs[128] (GGUF's nibble order)
+constexpr int Q6K_BYTES = 210;   // ql[128], qh[64], sc[16] i8, d f16 (GGUF's own block)
+constexpr int MAX_ROWS = 8;      // rows per kernel pass; more rows run in passes of 8
+constexpr int PREFETCH = 2048;   // bytes ahead of the block being read
+
+struct Rows {  // activation rows quantized per block of 256
+  std::vector<int8_t> q;     // [M, nb, 256], in the order the kernel reads
+  std::vector<float> dx;     // [M, nb]
+  std::vector<int16_t> sum;  // [M, nb, groups]: Σ xq per group of the weight format
+};
+
+// The order of the eight 32-value slices of a block of activations as a kernel reads them.
+// AVX512's Q4_K kernel reads its 128 bytes as two 64-byte vectors: the low nibbles of the
+// first hold groups 0 and 2, the high nibbles 1 and 3 (GGUF packs group 2c in the low and
+// 2c+1 in the high nibbles of 32 bytes). The other kernels read groups in order.
+constexpr int Q4K_ORDER_512[8] = {0, 2, 1, 3, 4, 6, 5, 7};
+constexpr int NATURAL[8] = {0, 1, 2, 3, 4, 5, 6, 7};
+
+template <typename T>
+Rows quantize(const T* x, int64_t M, int64_t K, const int* order, int group) {
+  const int64_t nb = K / QK;
+  const int groups = QK / group;
+  Rows r{std::vector<int8_t>(M * K), std::vector<float>(M * nb), std::vector<int16_t>(M * nb * groups)};
+  for (int64_t mb = 0; mb < M * nb; ++mb) {
+    float xb[QK];
+    for (int j = 0; j < QK; ++j) xb[j] = static_cast<float>(x[mb * QK + j]);
+    float amax = 0.f;
+    for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(xb[j]));
+    const float inv = amax > 0.f ? 127.f / amax : 0.f;
+    r.dx[mb] = amax / 127.f;
+    int8_t* qb = r.q.data() + mb * QK;
+    for (int s = 0; s < 8; ++s) {  // 8 slices of 32, placed in `order`
+      const int src = order[s];
+      for (int j = 0; j < 32; ++j) qb[s * 32 + j] = (int8_t)std::nearbyint(xb[src * 32 + j] * inv);
+    }
+    for (int g = 0; g < groups; ++g) {  // sums in the weights' own (natural) group order
+      int32_t s = 0;
+      for (int j = 0; j < group; ++j) s += (int)std::nearbyint(xb[g * group + j] * inv);
+      r.sum[mb * groups + g] = (int16_t)s;
+    }
+  }
+  return r;
+}
+
+inline float hsum128(__m128 v) {
+  v = _mm_add_ps(v, _mm_movehl_ps(v, v));
+  v = _mm_add_ss(v, _mm_movehdup_ps(v));
+  return _mm_cvtss_f32(v);
+}
+
+inline void prefetch(const uint8_t* p, int bytes) {
+  for (int o = 0; o < bytes; o += 64) _mm_prefetch((const char*)(p + PREFETCH + o), _MM_HINT_T0);
+}
+
+
+inline float hsum256(__m256 v) { return hsum128(_mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1))); }
+
+}  // namespace gl
