@@ -196,3 +196,17 @@ def test_without_the_kernels_the_same_file_runs_torchs(tiny_blocks, monkeypatch)
     monkeypatch.setitem(native._state, "error", "turned off for this test")
     _, counts, _ = load_attached(tiny_blocks)
     assert counts == {"q4k": 0, "q6k": 0, "int4": 6, "int8": 2}
+
+
+def test_a_failed_build_is_a_reason_not_a_crash(monkeypatch, tmp_path):
+    """No compiler output, a broken toolchain: the kernels report why, and the GGUF path falls back."""
+    import torch.utils.cpp_extension as ext
+
+    def broken(*_a, **_k):
+        raise RuntimeError("Error building extension 'gemma_lsp_kernels'\nc++: fatal error: no input files")
+
+    monkeypatch.setenv("GEMMA_LSP_CACHE", str(tmp_path))  # nothing built there yet
+    monkeypatch.setattr(ext, "load", broken)
+    monkeypatch.setattr(native, "_state", {})
+    assert not native.available()
+    assert native.status() == "build failed (RuntimeError: c++: fatal error: no input files)"
