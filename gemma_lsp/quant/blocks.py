@@ -61,10 +61,21 @@ def q4_k_scale_min(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def int4_from_q4_k(raw: np.ndarray, n: int, k: int) -> Int4Weight:
     """raw: uint8 [N, K/256·144] as stored; returns the same weights as int4 groups of 32."""
     b = raw.reshape(n * k // QK_K, 144)
-    d = b[:, 0:2].copy().view(np.float16).astype(np.float32)  # [B, 1]
-    dmin = b[:, 2:4].copy().view(np.float16).astype(np.float32)
     sc, mn = q4_k_scale_min(b[:, 4:16])
-    qs = b[:, 16:].reshape(-1, 4, 1, 32)
+    return _int4_from_q4_k_parts(b[:, 0:4], sc, mn, b[:, 16:], n, k)
+
+
+def int4_from_q4_k_unpacked(blocks: np.ndarray, n: int, k: int) -> Int4Weight:
+    """The same from the kernels' 148-byte form (native.repack_q4_k: the 6-bit pairs as bytes)."""
+    b = blocks.reshape(n * k // QK_K, 148)
+    return _int4_from_q4_k_parts(b[:, 0:4], b[:, 4:12], b[:, 12:20], b[:, 20:], n, k)
+
+
+def _int4_from_q4_k_parts(dd: np.ndarray, sc: np.ndarray, mn: np.ndarray, qs: np.ndarray, n: int,
+                          k: int) -> Int4Weight:
+    d = dd[:, 0:2].copy().view(np.float16).astype(np.float32)  # [B, 1]
+    dmin = dd[:, 2:4].copy().view(np.float16).astype(np.float32)
+    qs = qs.reshape(-1, 4, 1, 32)
     # byte j of chunk c holds group 2c (low nibble) and group 2c+1 (high nibble)
     q = np.concatenate([qs & 0x0F, qs >> 4], axis=2).reshape(-1, QK_K)
     scale = d * sc.astype(np.float32)  # [B, 8]

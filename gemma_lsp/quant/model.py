@@ -1,9 +1,10 @@
 """Keep a GGUF's own quantized weights next to its bf16 copy, and run them.
 
-`build()` runs once per model (at `prepare`, ~40 s): every Linear weight of the GGUF
-is saved in one safetensors file inside the prepared directory, twice: its Q4_K / Q6_K
-blocks as gemma-lsp's kernels read them (native.py), and torch's int4 / int8 CPU form
-(blocks.py) for machines where those kernels cannot run. Before saving, each weight is checked
+`build()` runs once per model (at `prepare`, ~30 s): every Linear weight of the GGUF is
+saved in one safetensors file inside the prepared directory: Q4_K / Q6_K blocks as
+gemma-lsp's kernels read them (native.py), other types in torch's int4 / int8 CPU form
+(blocks.py). Where the kernels cannot run at build time, the blocks get torch's form as
+well; where they stop running later (GEMMA_LSP_NATIVE=0, another CPU), attach converts. Before saving, each weight is checked
 against the bf16 copy transformers made of the same tensor: equal after rounding to
 bf16, or the build stops. That proves the name mapping and the block decoding, and
 refuses architectures whose GGUF stores weights permuted.
@@ -59,6 +60,7 @@ def build(gguf: Path, model_dir: Path) -> Path:
     kinds = {"int4": 0, "int8": 0, "dense": 0, "q4k": 0, "q6k": 0}
     shards = sorted(model_dir.glob("*.safetensors"))
     handles = [safe_open(s, "pt") for s in shards if s.name != QUANT_FILE]
+    kernels = native.available()
     for name, mod in skeleton.named_modules():
         if not isinstance(mod, nn.Linear):
             continue
@@ -88,6 +90,8 @@ def build(gguf: Path, model_dir: Path) -> Path:
             kind, pack = BLOCKS[g.tensor_type]
             out[f"{name}.{kind}"] = torch.from_numpy(pack(raw, n, k))
             kinds[kind] += 1
+            if kernels:  # torch's form too only where the kernels cannot run (attach converts if need be)
+                continue
         if isinstance(w, blocks.Int4Weight):
             out[f"{name}.q4"] = nibbles(torch.from_numpy(w.q))
             out[f"{name}.q4_scale"] = torch.from_numpy(w.scale)
@@ -149,6 +153,10 @@ def attach(model: nn.Module, path: Path, max_rows: int = 8) -> dict[str, int]:
                 q = Int8Linear(mod.in_features, mod.out_features, False, dtype)
                 q.set_weight(f.get_tensor(f"{name}.q8"), f.get_tensor(f"{name}.q8_scale"))
                 counts["int8"] += 1
+            elif (stored := next((k for k in BlockLinear.KINDS if f"{name}.{k}" in keys), None)) is not None:
+                q = _torch_form(stored, f.get_tensor(f"{name}.{stored}").numpy(), mod.out_features, mod.in_features,
+                                dtype)  # built where the kernels ran, loaded where they do not
+                counts["int4" if isinstance(q, Int4Linear) else "int8"] += 1
             else:
                 continue
             if has_bias:
@@ -157,6 +165,23 @@ def attach(model: nn.Module, path: Path, max_rows: int = 8) -> dict[str, int]:
             setattr(model.get_submodule(parent) if parent else model, leaf, HybridLinear(mod, q, max_rows))
     lean.install(model)
     return counts
+
+
+def _torch_form(kind: str, data: np.ndarray, n: int, k: int, dtype: torch.dtype) -> Int4Linear | Int8Linear:
+    """Blocks as torch's int4 (Q4_K, exactly, where N allows) or int8-per-row (the rest) kernels take them."""
+    if kind == "q4k":
+        w4 = blocks.int4_from_q4_k_unpacked(data, n, k)
+        if n % INT4_ROWS == 0:
+            q = Int4Linear(k, n, False, dtype)
+            q.set_weight(torch.from_numpy(w4.q), torch.from_numpy(w4.scale), torch.from_numpy(w4.zero))
+            return q
+        exact = w4.dequantize()
+    else:
+        exact = blocks.dequantize(data.reshape(n, -1), blocks.T.Q6_K, n, k)
+    w8 = blocks.int8_from(exact)
+    q8 = Int8Linear(k, n, False, dtype)
+    q8.set_weight(torch.from_numpy(w8.q), torch.from_numpy(w8.scale))
+    return q8
 
 
 def _bf16_weight(handles: list, key: str) -> torch.Tensor | None:
