@@ -218,3 +218,22 @@ def test_a_failed_build_is_a_reason_not_a_crash(monkeypatch, tmp_path):
     monkeypatch.setattr(native, "_state", {})
     assert not native.available()
     assert native.status() == "build failed (RuntimeError: c++: fatal error: no input files)"
+
+
+def test_a_build_killed_midway_does_not_hang_the_next_one(tmp_path):
+    """torch waits for its `lock` file to vanish; a killed build leaves it behind. A fresh process
+    (a subprocess here: the kernels load once per process) must build anyway, not wait forever."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "GEMMA_LSP_CACHE": str(tmp_path)}
+    code = "from gemma_lsp.quant import native; print(native._target()[1])"
+    where = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    build_dir = tmp_path / where.stdout.strip().split(str(tmp_path) + os.sep, 1)[1]
+    build_dir.mkdir(parents=True)
+    (build_dir / "lock").write_text("")  # what a build killed while compiling leaves
+    done = subprocess.run([sys.executable, "-c", "from gemma_lsp.quant import native; print(native.status())"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip() == "None", done.stderr[-2000:]
+    assert any(build_dir.glob("*.so"))

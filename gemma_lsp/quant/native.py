@@ -85,6 +85,8 @@ def _target() -> tuple[str, Path]:
 
 
 def _build() -> str | None:
+    import fcntl
+
     from torch.utils.cpp_extension import load
 
     name, where = _target()
@@ -92,10 +94,16 @@ def _build() -> str | None:
     path = os.environ.get("PATH", "")
     os.environ["PATH"] = os.pathsep.join([_bindir(), path])
     try:
-        if not built():
-            print("Building gemma-lsp's CPU kernels (one time, ~20 s)...", file=sys.stderr, flush=True)
-        load(name, [str(SOURCES / "ops.cpp")], extra_cflags=CFLAGS, extra_include_paths=[str(SOURCES)], extra_ldflags=["-fopenmp"], build_directory=str(where),
-             is_python_module=False, verbose=False)
+        with open(where / "gemma-lsp.lock", "w") as lock:
+            # One build at a time across processes. The kernel drops this lock when its holder
+            # dies; torch's own lock file does not go away with it, and torch would wait on a
+            # killed build's forever: under our lock, any such file is stale.
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            (where / "lock").unlink(missing_ok=True)
+            if not built():
+                print("Building gemma-lsp's CPU kernels (one time, ~20 s)...", file=sys.stderr, flush=True)
+            load(name, [str(SOURCES / "ops.cpp")], extra_cflags=CFLAGS, extra_include_paths=[str(SOURCES)],
+                 extra_ldflags=["-fopenmp"], build_directory=str(where), is_python_module=False, verbose=False)
     except Exception as e:  # a compiler error, a torch without headers, ...: fall back, and say why
         return f"build failed ({type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else e})"
     finally:
