@@ -25,7 +25,6 @@ from ..paths import cache_dir
 SOURCES = Path(__file__).with_name("kernels")
 CPU_FLAGS = ("avx2", "fma", "f16c")
 CFLAGS = ["-O3", "-mavx2", "-mfma", "-mf16c", "-fopenmp"]  # the AVX512 kernels carry their own target
-Q4K_BYTES, Q6K_BYTES = 148, 210
 
 _state: dict[str, str | None] = {}  # "error": None once loaded, else why not
 
