@@ -37,8 +37,7 @@ void q4k_rows_256(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Ro
         }
         const float dx = x.dx[mb];
         acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(d * dx), acc[m]);
-        const __m128i ms = _mm_madd_epi16(mn, _mm_loadu_si128((const __m128i*)(x.sum.data() + mb * 8)));
-        mins[m] = _mm_fmadd_ps(_mm_cvtepi32_ps(ms), _mm_set1_ps(dmin * dx), mins[m]);
+        mins[m] = q4k_mins(mins[m], mn, x.sum.data() + mb * 8, dmin * dx);
       }
     }
     for (int m = 0; m < M; ++m) out[m * ldo + n] = static_cast<O>(hsum256(acc[m]) - hsum128(mins[m]));

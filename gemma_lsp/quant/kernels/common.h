@@ -55,20 +55,18 @@ Rows quantize(const T* x, int64_t M, int64_t K, const int* order, int group) {
   const int groups = QK / group;
   Rows r{std::vector<int8_t>(M * K), std::vector<float>(M * nb), std::vector<int16_t>(M * nb * groups)};
   for (int64_t mb = 0; mb < M * nb; ++mb) {
-    float xb[QK];
-    for (int j = 0; j < QK; ++j) xb[j] = static_cast<float>(x[mb * QK + j]);
     float amax = 0.f;
-    for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(xb[j]));
+    for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(static_cast<float>(x[mb * QK + j])));
     const float inv = amax > 0.f ? 127.f / amax : 0.f;
     r.dx[mb] = amax / 127.f;
+    int8_t xq[QK];  // natural order
+    for (int j = 0; j < QK; ++j) xq[j] = (int8_t)std::nearbyint(static_cast<float>(x[mb * QK + j]) * inv);
     int8_t* qb = r.q.data() + mb * QK;
-    for (int s = 0; s < 8; ++s) {  // 8 slices of 32, placed in `order`
-      const int src = order[s];
-      for (int j = 0; j < 32; ++j) qb[s * 32 + j] = (int8_t)std::nearbyint(xb[src * 32 + j] * inv);
-    }
+    for (int s = 0; s < 8; ++s)  // 8 slices of 32, placed in `order`
+      std::copy(xq + order[s] * 32, xq + order[s] * 32 + 32, qb + s * 32);
     for (int g = 0; g < groups; ++g) {  // sums in the weights' own (natural) group order
       int32_t s = 0;
-      for (int j = 0; j < group; ++j) s += (int)std::nearbyint(xb[g * group + j] * inv);
+      for (int j = 0; j < group; ++j) s += xq[g * group + j];
       r.sum[mb * groups + g] = (int16_t)s;
     }
   }
@@ -85,6 +83,12 @@ inline void prefetch(const uint8_t* p, int bytes) {
   for (int o = 0; o < bytes; o += 64) _mm_prefetch((const char*)(p + PREFETCH + o), _MM_HINT_T0);
 }
 
+
+// Q4_K's min term of one block for one row, accumulated: acc += (Σ_g mn_g·Σ xq_g)·dmin·dx.
+inline __m128 q4k_mins(__m128 acc, __m128i mn16, const int16_t* sums, float dmin_dx) {
+  const __m128i ms = _mm_madd_epi16(mn16, _mm_loadu_si128((const __m128i*)sums));
+  return _mm_fmadd_ps(_mm_cvtepi32_ps(ms), _mm_set1_ps(dmin_dx), acc);
+}
 
 inline float hsum256(__m256 v) { return hsum128(_mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1))); }
 
