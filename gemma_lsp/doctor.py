@@ -68,7 +68,7 @@ def doctor() -> int:
     print(f"CPU kernels   {state}{f': {why_not}' if why_not else f' ({sets})'} "
           "(Q4_K/Q6_K decode; else torch's int4/int8 kernels, slower)")
     if not why_not and not native.built():
-        problems.append(("gemma-lsp's CPU kernels are not built yet (they will be on first use, ~15 s)",
+        problems.append(("gemma-lsp's CPU kernels are not built yet (they will be on first use, ~20 s)",
                          "gemma-lsp prepare"))
     from .paths import models_dir
 

@@ -26,8 +26,7 @@ from .. import default_model
 from ..convert import assemble, make_missing, missing
 from ..errors import ModelError
 from ..paths import models_dir
-from ..quant import lean
-from ..quant import native
+from ..quant import lean, native
 from ..quant.model import attach, quant_path
 
 # Preset -> (target HF repo, draft HF repo or None), resolved from the local HF cache only.

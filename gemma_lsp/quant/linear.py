@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import native
+
 GROUP = 32
 INNER_K_TILES = 2  # the CPU packer's tiling; the kernel reads it back from the packed shape
 
@@ -102,8 +104,6 @@ class BlockLinear(nn.Module):
         self.blocks = _aligned(blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from . import native
-
         y = native.q4k_mm(x, self.blocks) if self.kind == "q4k" else native.q6k_mm(x, self.blocks)
         return y if self.bias is None else y + self.bias
 

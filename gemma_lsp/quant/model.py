@@ -4,15 +4,15 @@
 saved in one safetensors file inside the prepared directory: Q4_K / Q6_K blocks as
 gemma-lsp's kernels read them (native.py), other types in torch's int4 / int8 CPU form
 (blocks.py). Where the kernels cannot run at build time, the blocks get torch's form as
-well; where they stop running later (GEMMA_LSP_NATIVE=0, another CPU), attach converts. Before saving, each weight is checked
-against the bf16 copy transformers made of the same tensor: equal after rounding to
+well; where they stop running later (GEMMA_LSP_NATIVE=0, another CPU), attach converts.
+Before saving, each weight is checked against the bf16 copy transformers made of the same tensor: equal after rounding to
 bf16, or the build stops. That proves the name mapping and the block decoding, and
 refuses architectures whose GGUF stores weights permuted.
 
 `attach()` swaps each Linear of a loaded bf16 model for a HybridLinear: the quantized
 kernel for a few rows (the block kernels where they run, else torch's), the dense bf16
-weight for prefill. For Llama-family models it
-also routes few-token forwards through lean.py (fused siblings, row-by-row attention).
+weight for prefill. For Llama-family models it also routes few-token forwards through
+lean.py (fused siblings, row-by-row attention).
 """
 
 from __future__ import annotations
@@ -139,8 +139,8 @@ def attach(model: nn.Module, path: Path, max_rows: int = 8) -> dict[str, int]:
             if not isinstance(mod, nn.Linear):
                 continue
             has_bias = mod.bias is not None
-            kind = next((k for k in BlockLinear.KINDS if f"{name}.{k}" in keys), None) if use_blocks else None
-            if kind is not None:
+            kind = next((k for k in BlockLinear.KINDS if f"{name}.{k}" in keys), None)
+            if kind is not None and use_blocks:
                 q = BlockLinear(mod.in_features, mod.out_features, False, dtype, kind)
                 q.set_weight(f.get_tensor(f"{name}.{kind}"))
                 counts[kind] += 1
@@ -153,9 +153,8 @@ def attach(model: nn.Module, path: Path, max_rows: int = 8) -> dict[str, int]:
                 q = Int8Linear(mod.in_features, mod.out_features, False, dtype)
                 q.set_weight(f.get_tensor(f"{name}.q8"), f.get_tensor(f"{name}.q8_scale"))
                 counts["int8"] += 1
-            elif (stored := next((k for k in BlockLinear.KINDS if f"{name}.{k}" in keys), None)) is not None:
-                q = _torch_form(stored, f.get_tensor(f"{name}.{stored}").numpy(), mod.out_features, mod.in_features,
-                                dtype)  # built where the kernels ran, loaded where they do not
+            elif kind is not None:  # built where the kernels ran, loaded where they do not
+                q = _torch_form(kind, f.get_tensor(f"{name}.{kind}").numpy(), mod.out_features, mod.in_features, dtype)
                 counts["int4" if isinstance(q, Int4Linear) else "int8"] += 1
             else:
                 continue
