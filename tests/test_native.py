@@ -1,4 +1,4 @@
-"""gemma-lsp's own Q4_K / Q6_K kernels (quant/kernels/, AVX512 and AVX2) on random blocks shaped like a GGUF's.
+"""gemma-lsp's own Q4_K / Q5_K / Q6_K / Q8_0 kernels (quant/kernels/, AVX512 and AVX2) on random blocks shaped like a GGUF's.
 
 Two references, both from the gguf package's dequantizer (the one llama.cpp's Python tools use):
   * exact: the activations quantized per 256 values as the kernel does (round half to even of
@@ -21,7 +21,8 @@ from test_quant import random_blocks
 
 pytestmark = pytest.mark.skipif(not native.available(), reason=f"native kernels: {native.status()}")
 
-KERNELS = {T.Q4_K: (native.repack_q4_k, native.q4k_mm), T.Q6_K: (native.q6_k_blocks, native.q6k_mm)}
+KERNELS = {T.Q4_K: (native.repack_q4_k, native.q4k_mm), T.Q5_K: (native.repack_q5_k, native.q5k_mm),
+           T.Q6_K: (native.q6_k_blocks, native.q6k_mm), T.Q8_0: (native.q8_0_blocks, native.q8_0_mm)}
 
 
 @pytest.fixture(params=["avx512", "avx2"])
@@ -49,7 +50,7 @@ def int8_activations(x: torch.Tensor) -> torch.Tensor:
     return (torch.round(b * inv).double() * (amax / 127.0).double()).reshape(x.shape)
 
 
-@pytest.mark.parametrize("qtype", [T.Q4_K, T.Q6_K])
+@pytest.mark.parametrize("qtype", list(KERNELS))
 @pytest.mark.parametrize("rows", [1, 3, 8, 11])
 def test_kernel_computes_the_blocks_times_int8_activations(qtype, rows, isa):
     n, k = 80, 768
@@ -66,7 +67,7 @@ def test_kernel_computes_the_blocks_times_int8_activations(qtype, rows, isa):
     assert np.abs(y - dense).max() > 0  # the activations really are quantized
 
 
-@pytest.mark.parametrize("qtype", [T.Q4_K, T.Q6_K])
+@pytest.mark.parametrize("qtype", list(KERNELS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_each_row_is_computed_alone(qtype, dtype, isa):
     """A k-row call yields, bit for bit, what k one-row calls yield (verify == steps)."""

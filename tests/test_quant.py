@@ -30,7 +30,7 @@ def random_blocks(qtype: T, n: int, k: int, seed: int = 0) -> np.ndarray:
     block, size = quants.GGML_QUANT_SIZES[qtype]
     raw = rng.integers(0, 256, size=(n * k // block, size), dtype=np.uint8)
     d = rng.uniform(1e-3, 2e-2, size=(raw.shape[0], 2)).astype(np.float16).view(np.uint8)
-    if qtype == T.Q4_K:
+    if qtype in (T.Q4_K, T.Q5_K):
         raw[:, 0:4] = d.reshape(-1, 4)  # d and dmin
     elif qtype == T.Q4_0:
         raw[:, 0:2] = d[:, :2]

@@ -125,8 +125,16 @@ def q4k_mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.ops.gemma_lsp.q4k_mm(x, w)
 
 
+def q5k_mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return torch.ops.gemma_lsp.q5k_mm(x, w)
+
+
 def q6k_mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.ops.gemma_lsp.q6k_mm(x, w)
+
+
+def q8_0_mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return torch.ops.gemma_lsp.q8_0_mm(x, w)
 
 
 def repack_q4_k(raw: np.ndarray, n: int, k: int) -> np.ndarray:
@@ -138,6 +146,22 @@ def repack_q4_k(raw: np.ndarray, n: int, k: int) -> np.ndarray:
     sc, mn = q4_k_scale_min(b[:, :, 4:16].reshape(-1, 12))
     parts = [b[:, :, 0:4], sc.reshape(n, -1, 8), mn.reshape(n, -1, 8), b[:, :, 16:]]
     return np.ascontiguousarray(np.concatenate([p.astype(np.uint8) for p in parts], axis=2))
+
+
+def repack_q5_k(raw: np.ndarray, n: int, k: int) -> np.ndarray:
+    """GGUF Q5_K rows (176-byte blocks: d, dmin, 12 bytes of 6-bit scales, qh[32], qs[128]) ->
+    the kernel's 180-byte blocks: the scale/min pairs unpacked to bytes, as for Q4_K."""
+    from .blocks import q4_k_scale_min
+
+    b = raw.reshape(n, k // 256, 176)
+    sc, mn = q4_k_scale_min(b[:, :, 4:16].reshape(-1, 12))
+    parts = [b[:, :, 0:4], sc.reshape(n, -1, 8), mn.reshape(n, -1, 8), b[:, :, 16:]]
+    return np.ascontiguousarray(np.concatenate([p.astype(np.uint8) for p in parts], axis=2))
+
+
+def q8_0_blocks(raw: np.ndarray, n: int, k: int) -> np.ndarray:
+    """GGUF Q8_0 rows as [N, K/256, 272]: eight 34-byte blocks per 256 weights, unchanged."""
+    return np.array(raw.reshape(n, k // 256, 272), copy=True)
 
 
 def q6_k_blocks(raw: np.ndarray, n: int, k: int) -> np.ndarray:

@@ -5,26 +5,36 @@
 
 namespace gl {
 
-template <int M, typename O>
-void q4k_rows_256(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Rows& x, int64_t m0, O* out,
-                  int64_t ldo) {
-  const __m256i low = _mm256_set1_epi8(0x0F);
+// Q4_K, or Q5_K (Q5: the fifth bit of each weight from qh)
+template <int M, typename O, bool Q5>
+void q45k_rows_256(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Rows& x, int64_t m0, O* out,
+                   int64_t ldo) {
+  constexpr int bytes = Q5 ? Q5K_BYTES : Q4K_BYTES, qs = Q5 ? 52 : 20;
+  const __m256i low = _mm256_set1_epi8(0x0F), sixteen = _mm256_set1_epi8(16);
   for (int64_t n = n0; n < n1; ++n) {
     __m256 acc[M];
     __m128 mins[M];
     for (int m = 0; m < M; ++m) acc[m] = _mm256_setzero_ps(), mins[m] = _mm_setzero_ps();
-    const uint8_t* row = W + n * nb * Q4K_BYTES;
+    const uint8_t* row = W + n * nb * bytes;
     for (int64_t b = 0; b < nb; ++b) {
-      const uint8_t* blk = row + b * Q4K_BYTES;
-      prefetch(blk, Q4K_BYTES);
+      const uint8_t* blk = row + b * bytes;
+      prefetch(blk, bytes);
       const float d = _cvtsh_ss(*(const uint16_t*)blk), dmin = _cvtsh_ss(*(const uint16_t*)(blk + 2));
       const uint8_t* sc = blk + 4;
       const __m128i mn = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i*)(blk + 12)));
       __m256i q[8];
       for (int c = 0; c < 4; ++c) {  // 32 bytes: group 2c in the low nibbles, 2c+1 in the high
-        const __m256i r = _mm256_loadu_si256((const __m256i*)(blk + 20 + 32 * c));
+        const __m256i r = _mm256_loadu_si256((const __m256i*)(blk + qs + 32 * c));
         q[2 * c] = _mm256_and_si256(r, low);
         q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(r, 4), low);
+      }
+      if constexpr (Q5) {  // + 16 where the weight's bit g in qh is set
+        const __m256i qh = _mm256_loadu_si256((const __m256i*)(blk + 20));
+        for (int g = 0; g < 8; ++g) {
+          const __m256i bit = _mm256_set1_epi8((char)(1 << g));
+          const __m256i set = _mm256_cmpeq_epi8(_mm256_and_si256(qh, bit), bit);
+          q[g] = _mm256_or_si256(q[g], _mm256_and_si256(set, sixteen));
+        }
       }
 #pragma GCC unroll 8
       for (int m = 0; m < M; ++m) {
@@ -84,6 +94,43 @@ void q6k_rows_256(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Ro
         const __m256i corr = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i*)(x.sum.data() + mb * 16)));
         t = _mm256_sub_epi32(t, _mm256_slli_epi32(corr, 5));  // − 32·Σ_j sc_j·Σ xq
         acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(d * x.dx[mb]), acc[m]);
+      }
+    }
+    for (int m = 0; m < M; ++m) out[m * ldo + n] = static_cast<O>(hsum256(acc[m]));
+  }
+}
+
+// Q8_0, read as stored: one block's 32 weights per vector
+template <int M, typename O>
+void q8_0_rows_256(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Rows& x, int64_t m0, O* out,
+                   int64_t ldo) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  for (int64_t n = n0; n < n1; ++n) {
+    __m256 acc[M];
+    for (int m = 0; m < M; ++m) acc[m] = _mm256_setzero_ps();
+    const uint8_t* row = W + n * nb * Q80_BYTES;
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* blk = row + b * Q80_BYTES;
+      prefetch(blk, Q80_BYTES);
+      __m256i w[8], aw[8];
+      __m256 dv[8];
+      for (int g = 0; g < 8; ++g) {
+        w[g] = _mm256_loadu_si256((const __m256i*)(blk + 34 * g + 2));
+        aw[g] = _mm256_sign_epi8(w[g], w[g]);  // |q| as unsigned bytes (|−128| = 128 fits)
+        dv[g] = _mm256_set1_ps(_cvtsh_ss(*(const uint16_t*)(blk + 34 * g)));
+      }
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) {
+        const int64_t mb = (m0 + m) * nb + b;
+        const int8_t* xb = x.q.data() + mb * QK;
+        __m256 s = _mm256_setzero_ps();  // Σ_g d_g·Σ q·xq, spread over 8 lanes
+        for (int g = 0; g < 8; ++g) {
+          // |q|·(xq·sign q): at most 2·128·127 per pair, inside int16
+          const __m256i xs = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i*)(xb + 32 * g)), w[g]);
+          const __m256i t = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[g], xs), ones);
+          s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), dv[g], s);
+        }
+        acc[m] = _mm256_fmadd_ps(s, _mm256_set1_ps(x.dx[mb]), acc[m]);
       }
     }
     for (int m = 0; m < M; ++m) out[m * ldo + n] = static_cast<O>(hsum256(acc[m]));

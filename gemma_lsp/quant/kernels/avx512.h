@@ -7,10 +7,14 @@
 
 namespace gl {
 
-template <int M, typename O>
-GL_AVX512 void q4k_rows_512(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Rows& x, int64_t m0, O* out,
+// Q4_K, or Q5_K (Q5: the fifth bit of each weight from qh)
+template <int M, typename O, bool Q5>
+GL_AVX512 void q45k_rows_512(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Rows& x, int64_t m0, O* out,
               int64_t ldo) {
-  const __m512i low = _mm512_set1_epi8(0x0F);
+  constexpr int bytes = Q5 ? Q5K_BYTES : Q4K_BYTES, qs = Q5 ? 52 : 20;
+  const __m512i low = _mm512_set1_epi8(0x0F), sixteen = _mm512_set1_epi8(16);
+  // qh bit g holds group g's fifth bit; q0 holds groups 0 (bytes 0..31) and 2 (32..63): bits 0 and 2
+  const __m512i bit02 = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi8(1)), _mm256_set1_epi8(4), 1);
   // int16 lane indices picking scale a into lanes 0..15 and scale b into lanes 16..31
   const __m512i pick02 = _mm512_set_epi16(2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2,
                                           0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
@@ -21,18 +25,25 @@ GL_AVX512 void q4k_rows_512(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb
     __m512 acc[M];
     __m128 mins[M];
     for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps(), mins[m] = _mm_setzero_ps();
-    const uint8_t* row = W + n * nb * Q4K_BYTES;
+    const uint8_t* row = W + n * nb * bytes;
     for (int64_t b = 0; b < nb; ++b) {
-      const uint8_t* blk = row + b * Q4K_BYTES;
-      prefetch(blk, Q4K_BYTES);
+      const uint8_t* blk = row + b * bytes;
+      prefetch(blk, bytes);
       const float d = _cvtsh_ss(*(const uint16_t*)blk), dmin = _cvtsh_ss(*(const uint16_t*)(blk + 2));
       const __m512i sc = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i*)(blk + 4))));
       const __m128i mn = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i*)(blk + 12)));
       const __m512i s0 = _mm512_permutexvar_epi16(pick02, sc), s1 = _mm512_permutexvar_epi16(pick13, sc);
       const __m512i s2 = _mm512_permutexvar_epi16(pick46, sc), s3 = _mm512_permutexvar_epi16(pick57, sc);
-      const __m512i r0 = _mm512_loadu_si512(blk + 20), r1 = _mm512_loadu_si512(blk + 84);
-      const __m512i q0 = _mm512_and_si512(r0, low), q1 = _mm512_and_si512(_mm512_srli_epi16(r0, 4), low);
-      const __m512i q2 = _mm512_and_si512(r1, low), q3 = _mm512_and_si512(_mm512_srli_epi16(r1, 4), low);
+      const __m512i r0 = _mm512_loadu_si512(blk + qs), r1 = _mm512_loadu_si512(blk + qs + 64);
+      __m512i q0 = _mm512_and_si512(r0, low), q1 = _mm512_and_si512(_mm512_srli_epi16(r0, 4), low);
+      __m512i q2 = _mm512_and_si512(r1, low), q3 = _mm512_and_si512(_mm512_srli_epi16(r1, 4), low);
+      if constexpr (Q5) {  // + 16 where the weight's bit in qh is set
+        const __m512i qh = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i*)(blk + 20)));
+        q0 = _mm512_mask_add_epi8(q0, _mm512_test_epi8_mask(qh, bit02), q0, sixteen);
+        q1 = _mm512_mask_add_epi8(q1, _mm512_test_epi8_mask(qh, _mm512_slli_epi16(bit02, 1)), q1, sixteen);
+        q2 = _mm512_mask_add_epi8(q2, _mm512_test_epi8_mask(qh, _mm512_slli_epi16(bit02, 4)), q2, sixteen);
+        q3 = _mm512_mask_add_epi8(q3, _mm512_test_epi8_mask(qh, _mm512_slli_epi16(bit02, 5)), q3, sixteen);
+      }
 #pragma GCC unroll 8
       for (int m = 0; m < M; ++m) {
         const int64_t mb = (m0 + m) * nb + b;
@@ -95,6 +106,47 @@ GL_AVX512 void q6k_rows_512(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb
         const __m256i corr = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i*)(x.sum.data() + mb * 16)));
         t = _mm512_sub_epi32(t, _mm512_zextsi256_si512(_mm256_slli_epi32(corr, 5)));
         acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_set1_ps(d * x.dx[mb]), acc[m]);
+      }
+    }
+    for (int m = 0; m < M; ++m) out[m * ldo + n] = static_cast<O>(_mm512_reduce_add_ps(acc[m]));
+  }
+}
+
+// Q8_0, read as stored: per 64 bytes of activations, two blocks' 32 weights and their scales
+template <int M, typename O>
+GL_AVX512 void q8_0_rows_512(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Rows& x, int64_t m0, O* out,
+               int64_t ldo) {
+  const __m512i zero = _mm512_setzero_si512();
+  for (int64_t n = n0; n < n1; ++n) {
+    __m512 acc[M];
+    for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps();
+    const uint8_t* row = W + n * nb * Q80_BYTES;
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* blk = row + b * Q80_BYTES;
+      prefetch(blk, Q80_BYTES);
+      __m512i aw[4];     // |q| as unsigned bytes (|−128| = 128 fits)
+      __mmask64 neg[4];  // where q < 0: the activation's sign flips instead
+      __m512 dv[4];      // d of the first block in lanes 0..7, of the second in 8..15
+      for (int p = 0; p < 4; ++p) {
+        const uint8_t* g = blk + 68 * p;
+        const __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(g + 2))),
+                                             _mm256_loadu_si256((const __m256i*)(g + 36)), 1);
+        aw[p] = _mm512_abs_epi8(w);
+        neg[p] = _mm512_movepi8_mask(w);
+        dv[p] = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(_cvtsh_ss(*(const uint16_t*)g)),
+                                     _mm512_set1_ps(_cvtsh_ss(*(const uint16_t*)(g + 34))));
+      }
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) {
+        const int64_t mb = (m0 + m) * nb + b;
+        const int8_t* xb = x.q.data() + mb * QK;
+        __m512 s = _mm512_setzero_ps();  // Σ_g d_g·Σ q·xq, spread over 16 lanes
+        for (int p = 0; p < 4; ++p) {
+          const __m512i xv = _mm512_loadu_si512(xb + 64 * p);
+          const __m512i t = _mm512_dpbusd_epi32(zero, aw[p], _mm512_mask_sub_epi8(xv, neg[p], zero, xv));
+          s = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), dv[p], s);
+        }
+        acc[m] = _mm512_fmadd_ps(s, _mm512_set1_ps(x.dx[mb]), acc[m]);
       }
     }
     for (int m = 0; m < M; ++m) out[m * ldo + n] = static_cast<O>(_mm512_reduce_add_ps(acc[m]));

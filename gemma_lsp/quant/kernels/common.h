@@ -1,19 +1,22 @@
 // GGUF k-quant blocks times int8-quantized activations, for the few-row forwards of decode
 // and verify on x86 CPUs (AVX512-VNNI, or AVX2). Built at run time by native.py (torch's JIT
-// extension loader), registered as torch ops gemma_lsp::q4k_mm and gemma_lsp::q6k_mm (ops.cpp).
+// extension loader), registered as torch ops gemma_lsp::q4k_mm, q5k_mm, q6k_mm and q8_0_mm (ops.cpp).
 //
 // Why: a one-token step is bound by the bytes of weights it reads. torch's int4 kernel
 // needs a bf16 scale and zero per 32 weights (5 bits per weight) and its int8 kernel 8;
-// these kernels read the file's own blocks: Q4_K at 4.625 bits (repacked 6-bit scales),
-// Q6_K at 6.5625. They multiply in integers (vpmaddubsw + vpdpwssd / vpmaddwd) so that the work per
+// these kernels read the file's own blocks: Q4_K at 4.625 bits and Q5_K at 5.625 (their
+// 6-bit scales unpacked to bytes), Q6_K at 6.5625 and Q8_0 at 8.5, as stored. They multiply in integers (vpmaddubsw + vpdpwssd / vpmaddwd) so that the work per
 // byte stays below what memory delivers.
 //
 // Math. Each activation row is quantized per 256 values: x ≈ dx·xq, xq = round(x/dx) in
 // [-127, 127], dx = max|x|/127 (the error per value is at most dx/2). Then for one block
 //   Q4_K: w = d·sc_g·q − dmin·mn_g (q in 0..15, 8 groups of 32)
 //         Σ w·x ≈ dx·(d·Σ_g sc_g·Σ q·xq − dmin·Σ_g mn_g·Σ xq)
+//   Q5_K: the same, with q in 0..31 (a fifth bit per weight from qh)
 //   Q6_K: w = d·sc_j·(q − 32) (q in 0..63, 16 groups of 16, sc_j int8)
 //         Σ w·x ≈ dx·d·(Σ_j sc_j·Σ q·xq − 32·Σ_j sc_j·Σ xq)
+//   Q8_0: w = d_g·q (q int8, 8 groups of 32, one float16 d_g each)
+//         Σ w·x ≈ dx·Σ_g d_g·Σ |q|·(xq·sign q)   (u8 × s8 products, as the instructions take them)
 // All sums within a block are exact in int32; blocks accumulate in float32.
 //
 // Exactness across row counts. Output (m, n) is computed by the same instructions in the
@@ -32,7 +35,9 @@ namespace gl {
 
 constexpr int QK = 256;          // weights per super-block
 constexpr int Q4K_BYTES = 148;   // d f16, dmin f16, sc[8] u8, mn[8] u8, qs[128] (GGUF's nibble order)
+constexpr int Q5K_BYTES = 180;   // d, dmin, sc[8], mn[8] as Q4_K, qh[32] (bit g: group g's fifth bit), qs[128]
 constexpr int Q6K_BYTES = 210;   // ql[128], qh[64], sc[16] i8, d f16 (GGUF's own block)
+constexpr int Q80_BYTES = 272;   // 8 GGUF Q8_0 blocks of 34 bytes, as stored: d f16, qs[32] i8
 constexpr int MAX_ROWS = 8;      // rows per kernel pass; more rows run in passes of 8
 constexpr int PREFETCH = 2048;   // bytes ahead of the block being read
 

@@ -15,18 +15,44 @@ namespace {
 template <typename O>
 using Kernel = void (*)(const uint8_t*, int64_t, int64_t, int64_t, const Rows&, int64_t, O*, int64_t);
 
-// one instantiation per row count 1..MAX_ROWS, output type and instruction set
-#define GEMMA_LSP_TABLE(fn, O) \
-  constexpr Kernel<O> fn##_##O[MAX_ROWS] = {fn<1, O>, fn<2, O>, fn<3, O>, fn<4, O>, fn<5, O>, fn<6, O>, fn<7, O>, fn<8, O>};
+// one instantiation per row count 1..MAX_ROWS and output type: name_float, name_bf16
+#define GEMMA_LSP_TABLE(name, O, fn, ...)                                                         \
+  constexpr Kernel<O> name##_##O[MAX_ROWS] = {fn<1, O, ##__VA_ARGS__>, fn<2, O, ##__VA_ARGS__>, \
+                                              fn<3, O, ##__VA_ARGS__>, fn<4, O, ##__VA_ARGS__>, \
+                                              fn<5, O, ##__VA_ARGS__>, fn<6, O, ##__VA_ARGS__>, \
+                                              fn<7, O, ##__VA_ARGS__>, fn<8, O, ##__VA_ARGS__>};
+#define GEMMA_LSP_TABLES(name, fn, ...) \
+  GEMMA_LSP_TABLE(name, float, fn, ##__VA_ARGS__) GEMMA_LSP_TABLE(name, bf16, fn, ##__VA_ARGS__)
 using bf16 = c10::BFloat16;
-GEMMA_LSP_TABLE(q4k_rows_512, float)
-GEMMA_LSP_TABLE(q4k_rows_512, bf16)
-GEMMA_LSP_TABLE(q6k_rows_512, float)
-GEMMA_LSP_TABLE(q6k_rows_512, bf16)
-GEMMA_LSP_TABLE(q4k_rows_256, float)
-GEMMA_LSP_TABLE(q4k_rows_256, bf16)
-GEMMA_LSP_TABLE(q6k_rows_256, float)
-GEMMA_LSP_TABLE(q6k_rows_256, bf16)
+GEMMA_LSP_TABLES(q4k_512, q45k_rows_512, false)
+GEMMA_LSP_TABLES(q5k_512, q45k_rows_512, true)
+GEMMA_LSP_TABLES(q6k_512, q6k_rows_512)
+GEMMA_LSP_TABLES(q8_0_512, q8_0_rows_512)
+GEMMA_LSP_TABLES(q4k_256, q45k_rows_256, false)
+GEMMA_LSP_TABLES(q5k_256, q45k_rows_256, true)
+GEMMA_LSP_TABLES(q6k_256, q6k_rows_256)
+GEMMA_LSP_TABLES(q8_0_256, q8_0_rows_256)
+
+struct Kernels {  // one block format on one instruction set
+  const Kernel<float>* f32;
+  const Kernel<bf16>* b16;
+  const int* order;  // the order the kernel reads the 32-value slices of activations in
+};
+
+struct Format {
+  const char* name;
+  int block_bytes;  // per 256 weights
+  int group;        // weights per (scale, min) group: Σ xq is kept per group
+  Kernels wide, narrow;  // AVX512, AVX2
+};
+
+const Format Q4K{"q4k_mm", Q4K_BYTES, 32, {q4k_512_float, q4k_512_bf16, Q4K_ORDER_512},
+                 {q4k_256_float, q4k_256_bf16, NATURAL}};
+const Format Q5K{"q5k_mm", Q5K_BYTES, 32, {q5k_512_float, q5k_512_bf16, Q4K_ORDER_512},
+                 {q5k_256_float, q5k_256_bf16, NATURAL}};
+const Format Q6K{"q6k_mm", Q6K_BYTES, 16, {q6k_512_float, q6k_512_bf16, NATURAL}, {q6k_256_float, q6k_256_bf16, NATURAL}};
+const Format Q80{"q8_0_mm", Q80_BYTES, 32, {q8_0_512_float, q8_0_512_bf16, NATURAL},
+                 {q8_0_256_float, q8_0_256_bf16, NATURAL}};
 
 bool has_avx512() {
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -49,30 +75,26 @@ at::Tensor run_typed(const at::Tensor& x, const at::Tensor& w, const Kernel<T>* 
   return out;
 }
 
-at::Tensor run(const at::Tensor& x_, const at::Tensor& w, int block_bytes, const Kernel<float>* f32,
-               const Kernel<bf16>* b16, const int* order, int group, const char* what) {
-  TORCH_CHECK(w.dim() == 3 && w.size(2) == block_bytes && w.scalar_type() == at::kByte && w.is_contiguous(),
-              what, ": weights must be contiguous uint8 [N, K/256, ", block_bytes, "]");
+at::Tensor run(const at::Tensor& x_, const at::Tensor& w, const Format& f) {
+  TORCH_CHECK(w.dim() == 3 && w.size(2) == f.block_bytes && w.scalar_type() == at::kByte && w.is_contiguous(),
+              f.name, ": weights must be contiguous uint8 [N, K/256, ", f.block_bytes, "]");
   const int64_t K = x_.size(-1), N = w.size(0), nb = w.size(1);
-  TORCH_CHECK(K == nb * QK, what, ": input has ", K, " features, the weights ", nb * QK);
+  TORCH_CHECK(K == nb * QK, f.name, ": input has ", K, " features, the weights ", nb * QK);
+  const Kernels& k = use_512 ? f.wide : f.narrow;
   // bf16 in and out as they are; any other dtype through float32
   const bool is_bf16 = x_.scalar_type() == at::kBFloat16;
   const at::Tensor x = (is_bf16 ? x_ : x_.to(at::kFloat)).reshape({-1, K}).contiguous();
-  at::Tensor out = is_bf16 ? run_typed<bf16>(x, w, b16, order, group) : run_typed<float>(x, w, f32, order, group);
+  at::Tensor out = is_bf16 ? run_typed<bf16>(x, w, k.b16, k.order, f.group)
+                           : run_typed<float>(x, w, k.f32, k.order, f.group);
   auto sizes = x_.sizes().vec();
   sizes.back() = N;
   return out.to(x_.scalar_type()).reshape(sizes);
 }
 
-at::Tensor q4k_mm(const at::Tensor& x, const at::Tensor& w) {
-  if (use_512) return run(x, w, Q4K_BYTES, q4k_rows_512_float, q4k_rows_512_bf16, Q4K_ORDER_512, 32, "q4k_mm");
-  return run(x, w, Q4K_BYTES, q4k_rows_256_float, q4k_rows_256_bf16, NATURAL, 32, "q4k_mm");
-}
-
-at::Tensor q6k_mm(const at::Tensor& x, const at::Tensor& w) {
-  if (use_512) return run(x, w, Q6K_BYTES, q6k_rows_512_float, q6k_rows_512_bf16, NATURAL, 16, "q6k_mm");
-  return run(x, w, Q6K_BYTES, q6k_rows_256_float, q6k_rows_256_bf16, NATURAL, 16, "q6k_mm");
-}
+at::Tensor q4k_mm(const at::Tensor& x, const at::Tensor& w) { return run(x, w, Q4K); }
+at::Tensor q5k_mm(const at::Tensor& x, const at::Tensor& w) { return run(x, w, Q5K); }
+at::Tensor q6k_mm(const at::Tensor& x, const at::Tensor& w) { return run(x, w, Q6K); }
+at::Tensor q8_0_mm(const at::Tensor& x, const at::Tensor& w) { return run(x, w, Q80); }
 
 // "avx512" or "avx2": the kernels this process runs. `want` "avx2" switches to the AVX2 kernels
 // (tests run both on one machine); "avx512" switches back where the CPU has it; "" only asks.
@@ -87,6 +109,8 @@ std::string isa(const std::string& want) {
 
 TORCH_LIBRARY(gemma_lsp, m) {
   m.def("q4k_mm(Tensor x, Tensor w) -> Tensor", &gl::q4k_mm);
+  m.def("q5k_mm(Tensor x, Tensor w) -> Tensor", &gl::q5k_mm);
   m.def("q6k_mm(Tensor x, Tensor w) -> Tensor", &gl::q6k_mm);
+  m.def("q8_0_mm(Tensor x, Tensor w) -> Tensor", &gl::q8_0_mm);
   m.def("isa(str want) -> str", &gl::isa);
 }
