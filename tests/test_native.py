@@ -50,7 +50,7 @@ def int8_activations(x: torch.Tensor) -> torch.Tensor:
     return (torch.round(b * inv).double() * (amax / 127.0).double()).reshape(x.shape)
 
 
-@pytest.mark.parametrize("qtype", list(KERNELS))
+@pytest.mark.parametrize("qtype", list(KERNELS), ids=lambda t: t.name)
 @pytest.mark.parametrize("rows", [1, 3, 8, 11])
 def test_kernel_computes_the_blocks_times_int8_activations(qtype, rows, isa):
     n, k = 80, 768
@@ -67,7 +67,7 @@ def test_kernel_computes_the_blocks_times_int8_activations(qtype, rows, isa):
     assert np.abs(y - dense).max() > 0  # the activations really are quantized
 
 
-@pytest.mark.parametrize("qtype", list(KERNELS))
+@pytest.mark.parametrize("qtype", list(KERNELS), ids=lambda t: t.name)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_each_row_is_computed_alone(qtype, dtype, isa):
     """A k-row call yields, bit for bit, what k one-row calls yield (verify == steps)."""
@@ -90,14 +90,21 @@ def test_zero_rows_and_wrong_shapes(isa):
         native.q4k_mm(torch.zeros(1, 256), w.view(16, 1, 2, 74))
 
 
-@pytest.fixture(scope="module")
-def tiny_blocks(tmp_path_factory):
-    """A tiny Qwen2 as a real GGUF (Q4_K, and Q6_K for down_proj) through the real `build`."""
+MIXES = {  # (type of every Linear but down_proj, type of down_proj), as the GGUF files people use
+    "Q4_K_M": (T.Q4_K, T.Q6_K),
+    "Q8_0+Q5_K": (T.Q8_0, T.Q5_K),
+}
+
+
+@pytest.fixture(scope="module", params=list(MIXES))
+def tiny_blocks(request, tmp_path_factory):
+    """A tiny Qwen2 as a real GGUF through the real `build`: (weights file, hf dir, its two types)."""
     from gemma_lsp.quant.model import build
     from test_quant import _tiny_gguf_pair
 
-    gguf_path, hf = _tiny_gguf_pair(tmp_path_factory.mktemp("blocks"))
-    return build(gguf_path, hf), hf
+    types = MIXES[request.param]
+    gguf_path, hf = _tiny_gguf_pair(tmp_path_factory.mktemp("blocks"), types=types)
+    return build(gguf_path, hf), hf, types
 
 
 def load_attached(tiny_blocks, dtype=torch.bfloat16):
@@ -105,7 +112,7 @@ def load_attached(tiny_blocks, dtype=torch.bfloat16):
 
     from gemma_lsp.quant.model import attach
 
-    path, hf = tiny_blocks
+    path, hf, _ = tiny_blocks
     model = AutoModelForCausalLM.from_pretrained(hf, dtype=dtype)
     dense = {n: m.weight.detach().clone() for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
     return model, attach(model, path), dense
@@ -116,12 +123,18 @@ def test_build_keeps_the_blocks_and_attach_runs_them(tiny_blocks):
 
     from gemma_lsp.quant.linear import BlockLinear
 
+    from gemma_lsp.quant.model import BLOCKS
+
+    main, down = (BLOCKS[t][0] for t in tiny_blocks[2])
     with safe_open(tiny_blocks[0], "pt") as f:
         keys = set(f.keys())
-    assert {"model.layers.0.self_attn.q_proj.q4k", "model.layers.0.mlp.down_proj.q6k", "lm_head.q4k"} <= keys
+    assert {f"model.layers.0.self_attn.q_proj.{main}", f"model.layers.0.mlp.down_proj.{down}", f"lm_head.{main}"} <= keys
     assert not any(k.endswith((".q4", ".q8")) for k in keys)  # torch's forms would only take disk here
     model, counts, dense = load_attached(tiny_blocks)
-    assert counts == {"q4k": 7, "q6k": 1, "int4": 0, "int8": 0}  # q k v o gate up + lm_head; down
+    want = {k: 0 for k in counts}
+    want[main] += 7  # q k v o gate up + lm_head
+    want[down] += 1
+    assert counts == want
     x = torch.randn(3, 256, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         for name, w in dense.items():
@@ -195,10 +208,11 @@ def test_the_two_instruction_sets_compute_the_same_values():
 
 def test_without_the_kernels_the_same_file_runs_torchs(tiny_blocks, monkeypatch):
     """A file built where the kernels ran holds blocks only; where they do not run, attach converts
-    them: Q4_K to int4 exactly (lm_head's 88 rows are not a multiple of 16: int8), Q6_K to int8."""
+    them: Q4_K to int4 exactly (lm_head's 88 rows are not a multiple of 16: int8), the rest to int8."""
     monkeypatch.setitem(native._state, "error", "turned off for this test")
     model, counts, dense = load_attached(tiny_blocks)
-    assert counts == {"q4k": 0, "q6k": 0, "int4": 6, "int8": 2}
+    int4 = 6 if tiny_blocks[2][0] == T.Q4_K else 0
+    assert {k: v for k, v in counts.items() if v} == {"int4": int4, "int8": 8 - int4} if int4 else {"int8": 8}
     q = model.get_submodule("model.layers.0.self_attn.q_proj").quant
     x = torch.randn(2, 256, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(3))
     w = dense["model.layers.0.self_attn.q_proj"].float()  # the exact dequantization, in bf16

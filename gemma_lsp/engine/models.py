@@ -27,7 +27,7 @@ from ..convert import assemble, make_missing, missing
 from ..errors import ModelError
 from ..paths import models_dir
 from ..quant import lean, native
-from ..quant.model import attach, quant_path
+from ..quant.model import KINDS, attach, quant_path
 
 # Preset -> (target HF repo, draft HF repo or None), resolved from the local HF cache only.
 PRESETS: dict[str, tuple[str, str | None]] = {
@@ -45,7 +45,7 @@ class Loaded:
     name: str
     path: Path
     preset_draft: Path | None = None  # a preset's draft model, used when no draftModel is set
-    weights: str = "bfloat16"  # what the Linear layers run: a dtype, or "gguf q4k x.. + q6k x.., ..."
+    weights: str = "bfloat16"  # what the Linear layers run: a dtype, or "gguf q4k x.. + q6k x.. (avx512), ..."
 
     @property
     def is_assistant(self) -> bool:
@@ -135,7 +135,7 @@ def load(spec: str | None, device: str = "auto", dtype: str = "auto") -> Loaded:
             raise ModelError(f"could not read {qfile} ({e}); delete it and run `gemma-lsp prepare` "
                              "to rebuild it, or use dtype bfloat16") from e
         weights = f"gguf {' + '.join(f'{k} x{v}' for k, v in counts.items() if v)}"
-        if counts["q4k"] or counts["q6k"]:
+        if any(counts[kind] for kind in KINDS):
             weights += f" ({native.isa()})"  # a cost curve per instruction set: it keys the cached curve
         weights += ", bf16 prefill"
         if lean.installed(model):

@@ -58,6 +58,20 @@ def q4_k_scale_min(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return sc, mn
 
 
+def dequantize_q5_k_unpacked(data: np.ndarray, n: int, k: int) -> np.ndarray:
+    """The kernel's 180-byte Q5_K blocks (native.repack_q5_k) -> float32 [N, K], computed as the
+    gguf package computes the file's: w = (d·sc_g)·q − dmin·m_g, q = low nibble + 16·(bit g of qh)."""
+    b = data.reshape(-1, 180)
+    d = b[:, 0:2].copy().view(np.float16).astype(np.float32)
+    dmin = b[:, 2:4].copy().view(np.float16).astype(np.float32)
+    sc, mn = b[:, 4:12].astype(np.float32), b[:, 12:20].astype(np.float32)
+    qs = b[:, 52:].reshape(-1, 4, 1, 32)
+    low = np.concatenate([qs & 0x0F, qs >> 4], axis=2).reshape(-1, 8, 32)  # group 2j low nibbles, 2j+1 high
+    high = ((b[:, None, 20:52] >> np.arange(8, dtype=np.uint8)[None, :, None]) & 1) << 4
+    q = (low | high).astype(np.float32)
+    return ((d * sc)[..., None] * q - (dmin * mn)[..., None]).reshape(n, k)
+
+
 def int4_from_q4_k(raw: np.ndarray, n: int, k: int) -> Int4Weight:
     """raw: uint8 [N, K/256·144] as stored; returns the same weights as int4 groups of 32."""
     b = raw.reshape(n * k // QK_K, 144)

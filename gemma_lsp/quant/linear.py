@@ -2,8 +2,8 @@
 
 Decode on a CPU is bound by the bytes of weights read per token: bf16 reads 2 bytes
 per weight, torch's int8 1, its int4 0.5 (+ 4 bytes of scale and zero per 32 weights),
-a Q4_K block 0.58 and a Q6_K block 0.82. BlockLinear runs gemma-lsp's kernels on the
-blocks (activations rounded to int8 per 256); Int4Linear and Int8Linear run torch's
+a Q4_K block 0.58, Q5_K 0.70, Q6_K 0.82 and Q8_0 1.06. BlockLinear runs gemma-lsp's kernels
+on the blocks (activations rounded to int8 per 256); Int4Linear and Int8Linear run torch's
 (activations in floating point), where those kernels cannot run.
 """
 
@@ -89,9 +89,10 @@ class Int8Linear(nn.Module):
 
 
 class BlockLinear(nn.Module):
-    """y = x · dequant(blocks)ᵀ + b, on the GGUF's Q4_K or Q6_K super-blocks (quant/native.py)."""
+    """y = x · dequant(blocks)ᵀ + b, on the GGUF's Q4_K, Q5_K, Q6_K or Q8_0 blocks (quant/native.py)."""
 
-    KINDS = {"q4k": 148, "q6k": 210}  # bytes per 256 weights as the kernels read them
+    KINDS = {"q4k": 148, "q5k": 180, "q6k": 210, "q8_0": 272}  # bytes per 256 weights as the kernels read them
+    MM = {"q4k": native.q4k_mm, "q5k": native.q5k_mm, "q6k": native.q6k_mm, "q8_0": native.q8_0_mm}
 
     def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype, kind: str) -> None:
         super().__init__()
@@ -104,7 +105,7 @@ class BlockLinear(nn.Module):
         self.blocks = _aligned(blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = native.q4k_mm(x, self.blocks) if self.kind == "q4k" else native.q6k_mm(x, self.blocks)
+        y = self.MM[self.kind](x, self.blocks)
         return y if self.bias is None else y + self.bias
 
 

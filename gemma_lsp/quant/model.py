@@ -1,7 +1,7 @@
 """Keep a GGUF's own quantized weights next to its bf16 copy, and run them.
 
 `build()` runs once per model (at `prepare`, ~30 s): every Linear weight of the GGUF is
-saved in one safetensors file inside the prepared directory: Q4_K / Q6_K blocks as
+saved in one safetensors file inside the prepared directory: Q4_K / Q5_K / Q6_K / Q8_0 blocks as
 gemma-lsp's kernels read them (native.py), other types in torch's int4 / int8 CPU form
 (blocks.py). Where the kernels cannot run at build time, the blocks get torch's form as
 well; where they stop running later (GEMMA_LSP_NATIVE=0, another CPU), attach converts.
@@ -33,7 +33,9 @@ from .linear import BlockLinear, HybridLinear, Int4Linear, Int8Linear, nibbles, 
 QUANT_FILE = "gguf-weights.safetensors"
 FORMAT = "gemma-lsp-gguf-weights/2"  # /2 adds the blocks; a /1 file still runs, on torch's kernels
 READS = ("gemma-lsp-gguf-weights/1", FORMAT)
-BLOCKS = {blocks.T.Q4_K: ("q4k", native.repack_q4_k), blocks.T.Q6_K: ("q6k", native.q6_k_blocks)}
+BLOCKS = {blocks.T.Q4_K: ("q4k", native.repack_q4_k), blocks.T.Q5_K: ("q5k", native.repack_q5_k),
+          blocks.T.Q6_K: ("q6k", native.q6_k_blocks), blocks.T.Q8_0: ("q8_0", native.q8_0_blocks)}
+KINDS = tuple(kind for kind, _ in BLOCKS.values())
 INT4_ROWS = 16  # _convert_weight_to_int4pack_for_cpu: "expect N to be dividable by 16"
 
 
@@ -57,7 +59,7 @@ def build(gguf: Path, model_dir: Path) -> Path:
         skeleton = AutoModelForCausalLM.from_config(config)
     hf_to_gguf = {hf: g for g, hf in get_gguf_hf_weights_map(skeleton, TensorProcessor()).items()}
     out: dict[str, torch.Tensor] = {}
-    kinds = {"int4": 0, "int8": 0, "dense": 0, "q4k": 0, "q6k": 0}
+    kinds = {"int4": 0, "int8": 0, "dense": 0, **dict.fromkeys(KINDS, 0)}
     shards = sorted(model_dir.glob("*.safetensors"))
     handles = [safe_open(s, "pt") for s in shards if s.name != QUANT_FILE]
     kernels = native.available()
@@ -129,17 +131,17 @@ def attach(model: nn.Module, path: Path, max_rows: int = 8) -> dict[str, int]:
     from safetensors import safe_open
 
     dtype = next(model.parameters()).dtype
-    counts = {"q4k": 0, "q6k": 0, "int4": 0, "int8": 0}
+    counts = {**dict.fromkeys(KINDS, 0), "int4": 0, "int8": 0}
     with safe_open(path, "pt") as f:
         if f.metadata().get("format") not in READS:
             raise ModelError(f"{path} is not a gemma-lsp weights file (format {f.metadata().get('format')!r})")
         keys = set(f.keys())
-        use_blocks = any(k.endswith((".q4k", ".q6k")) for k in keys) and native.available()
+        use_blocks = any(k.endswith(tuple(f".{kind}" for kind in KINDS)) for k in keys) and native.available()
         for name, mod in list(model.named_modules()):
             if not isinstance(mod, nn.Linear):
                 continue
             has_bias = mod.bias is not None
-            kind = next((k for k in BlockLinear.KINDS if f"{name}.{k}" in keys), None)
+            kind = next((k for k in KINDS if f"{name}.{k}" in keys), None)
             if kind is not None and use_blocks:
                 q = BlockLinear(mod.in_features, mod.out_features, False, dtype, kind)
                 q.set_weight(f.get_tensor(f"{name}.{kind}"))
@@ -175,8 +177,10 @@ def _torch_form(kind: str, data: np.ndarray, n: int, k: int, dtype: torch.dtype)
             q.set_weight(torch.from_numpy(w4.q), torch.from_numpy(w4.scale), torch.from_numpy(w4.zero))
             return q
         exact = w4.dequantize()
-    else:
-        exact = blocks.dequantize(data.reshape(n, -1), blocks.T.Q6_K, n, k)
+    elif kind == "q5k":
+        exact = blocks.dequantize_q5_k_unpacked(data, n, k)
+    else:  # stored as in the file
+        exact = blocks.dequantize(data.reshape(n, -1), blocks.T.Q6_K if kind == "q6k" else blocks.T.Q8_0, n, k)
     w8 = blocks.int8_from(exact)
     q8 = Int8Linear(k, n, False, dtype)
     q8.set_weight(torch.from_numpy(w8.q), torch.from_numpy(w8.scale))
