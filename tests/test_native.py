@@ -252,3 +252,27 @@ def test_a_build_killed_midway_does_not_hang_the_next_one(tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.stdout.strip() == "None", done.stderr[-2000:]
     assert any(build_dir.glob("*.so"))
+
+
+def test_a_weights_file_of_an_older_format_runs_and_is_marked_for_rebuilding(tiny_blocks, tmp_path):
+    """A /2 file (before Q5_K / Q8_0 blocks) still loads; `prepare` rebuilds it (convert.missing)."""
+    import shutil
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    from gemma_lsp.convert import missing
+    from gemma_lsp.quant.model import QUANT_FILE, attach, is_current
+
+    path, hf, _ = tiny_blocks
+    dest = tmp_path / "model"
+    shutil.copytree(hf, dest)
+    with safe_open(path, "pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta = {**f.metadata(), "format": "gemma-lsp-gguf-weights/2"}
+    save_file(tensors, dest / QUANT_FILE, metadata=meta)
+    assert is_current(path) and not is_current(dest / QUANT_FILE)
+    assert missing(dest, True)[1]  # the weights file is rebuilt
+    counts = attach(AutoModelForCausalLM.from_pretrained(dest, dtype=torch.bfloat16), dest / QUANT_FILE)
+    assert sum(counts.values()) == 8

@@ -31,8 +31,10 @@ from . import blocks, lean, native
 from .linear import BlockLinear, HybridLinear, Int4Linear, Int8Linear, nibbles, unnibble
 
 QUANT_FILE = "gguf-weights.safetensors"
-FORMAT = "gemma-lsp-gguf-weights/2"  # /2 adds the blocks; a /1 file still runs, on torch's kernels
-READS = ("gemma-lsp-gguf-weights/1", FORMAT)
+# /2 added Q4_K and Q6_K blocks, /3 Q5_K and Q8_0. An older file still runs (types it holds no
+# blocks for on torch's kernels); `prepare` and the first load rebuild it.
+FORMAT = "gemma-lsp-gguf-weights/3"
+READS = ("gemma-lsp-gguf-weights/1", "gemma-lsp-gguf-weights/2", FORMAT)
 BLOCKS = {blocks.T.Q4_K: ("q4k", native.repack_q4_k), blocks.T.Q5_K: ("q5k", native.repack_q5_k),
           blocks.T.Q6_K: ("q6k", native.q6_k_blocks), blocks.T.Q8_0: ("q8_0", native.q8_0_blocks)}
 KINDS = tuple(kind for kind, _ in BLOCKS.values())
