@@ -42,12 +42,30 @@ def weights(qtype: T, n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, np.n
     return torch.from_numpy(pack(raw, n, k)), quants.dequantize(raw, qtype).reshape(n, k).astype(np.float64)
 
 
+def blocks_of_256(a: torch.Tensor) -> torch.Tensor:
+    """[rows, K] -> [rows, ceil(K/256), 256], zeros after a shorter last block (as the kernel pads)."""
+    pad = -a.shape[-1] % 256
+    return torch.nn.functional.pad(a, (0, pad)).reshape(a.shape[0], -1, 256)
+
+
 def int8_activations(x: torch.Tensor) -> torch.Tensor:
     """x as the kernel sees it: dx·round(x/dx) per block of 256, dx = max|x|/127 (float32 math)."""
-    b = x.float().reshape(x.shape[0], -1, 256)
+    b = blocks_of_256(x.float())
     amax = b.abs().amax(-1, keepdim=True)
     inv = torch.where(amax > 0, torch.tensor(127.0) / amax, torch.zeros_like(amax))
-    return (torch.round(b * inv).double() * (amax / 127.0).double()).reshape(x.shape)
+    return (torch.round(b * inv).double() * (amax / 127.0).double()).reshape(x.shape[0], -1)[:, : x.shape[1]]
+
+
+def check_against_references(y: torch.Tensor, x: torch.Tensor, ref: np.ndarray) -> None:
+    """y within float32 rounding of the exact reference, and within Σ|w|·dx/2 of the float matmul."""
+    y = y.double().numpy()
+    exact = int8_activations(x).numpy() @ ref.T
+    np.testing.assert_allclose(y, exact, rtol=1e-5, atol=1e-4 * np.abs(exact).max())
+    dense = x.double().numpy() @ ref.T
+    step = blocks_of_256(x.abs()).amax(-1).double().numpy() / 127  # dx per block
+    bound = (blocks_of_256(torch.from_numpy(np.abs(ref))).sum(-1).numpy() @ (step.T / 2)).T  # Σ_blocks Σ|w|·dx/2
+    assert np.all(np.abs(y - dense) <= bound * 1.001 + 1e-4)
+    assert np.abs(y - dense).max() > 0  # the activations really are quantized
 
 
 @pytest.mark.parametrize("qtype", list(KERNELS), ids=lambda t: t.name)
@@ -57,14 +75,20 @@ def test_kernel_computes_the_blocks_times_int8_activations(qtype, rows, isa):
     w, ref = weights(qtype, n, k, seed=rows)
     x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows)) * 3
     x[:, 5] = 40.0  # an outlier channel, as real activations have
-    y = KERNELS[qtype][1](x, w).double().numpy()
-    exact = int8_activations(x).numpy() @ ref.T
-    np.testing.assert_allclose(y, exact, rtol=1e-5, atol=1e-4 * np.abs(exact).max())
-    dense = x.double().numpy() @ ref.T
-    step = x.abs().reshape(rows, -1, 256).amax(-1).double().numpy() / 127  # dx per block
-    bound = (np.abs(ref).reshape(n, -1, 256).sum(-1) @ (step.T / 2)).T  # Σ_blocks Σ|w|·dx/2
-    assert np.all(np.abs(y - dense) <= bound * 1.001 + 1e-4)
-    assert np.abs(y - dense).max() > 0  # the activations really are quantized
+    check_against_references(KERNELS[qtype][1](x, w), x, ref)
+
+
+@pytest.mark.parametrize("k", [96, 640, 896])  # only a tail; Gemma 3 270M's width; Qwen2.5-Coder-0.5B's
+@pytest.mark.parametrize("rows", [1, 5, 9])
+def test_q8_0_rows_need_not_be_a_multiple_of_256(k, rows, isa):
+    """Q8_0 blocks hold 32 weights: the last block of 256 activations is shorter, and its
+    weights run in the tail loop. Each row is still computed alone."""
+    w, ref = weights(T.Q8_0, 40, k, seed=k + rows)
+    x = torch.randn(rows, k, generator=torch.Generator().manual_seed(k)) * 2
+    x[:, -1] = 25.0  # an outlier in the short block: its dx is its own
+    y = native.q8_0_mm(x, w)
+    check_against_references(y, x, ref)
+    assert torch.equal(y, torch.cat([native.q8_0_mm(x[i : i + 1], w) for i in range(rows)]))
 
 
 @pytest.mark.parametrize("qtype", list(KERNELS), ids=lambda t: t.name)
@@ -82,6 +106,9 @@ def test_each_row_is_computed_alone(qtype, dtype, isa):
 
 
 def test_zero_rows_and_wrong_shapes(isa):
+    w8, _ = weights(T.Q8_0, 16, 96)
+    with pytest.raises(RuntimeError, match="features"):
+        native.q8_0_mm(torch.zeros(1, 128), w8)
     w, _ = weights(T.Q4_K, 16, 256)
     assert torch.equal(native.q4k_mm(torch.zeros(2, 256), w), torch.zeros(2, 16))
     with pytest.raises(RuntimeError, match="features"):
@@ -90,9 +117,10 @@ def test_zero_rows_and_wrong_shapes(isa):
         native.q4k_mm(torch.zeros(1, 256), w.view(16, 1, 2, 74))
 
 
-MIXES = {  # (type of every Linear but down_proj, type of down_proj), as the GGUF files people use
-    "Q4_K_M": (T.Q4_K, T.Q6_K),
-    "Q8_0+Q5_K": (T.Q8_0, T.Q5_K),
+MIXES = {  # (type of every Linear but down_proj, type of down_proj), hidden size
+    "Q4_K_M": ((T.Q4_K, T.Q6_K), 256),  # the GGUF files people use
+    "Q8_0+Q5_K": ((T.Q8_0, T.Q5_K), 256),
+    "Q8_0, 160 wide": ((T.Q8_0, T.Q8_0), 160),  # rows of 5 Q8_0 blocks: the tail loop only
 }
 
 
@@ -102,8 +130,8 @@ def tiny_blocks(request, tmp_path_factory):
     from gemma_lsp.quant.model import build
     from test_quant import _tiny_gguf_pair
 
-    types = MIXES[request.param]
-    gguf_path, hf = _tiny_gguf_pair(tmp_path_factory.mktemp("blocks"), types=types)
+    types, hidden = MIXES[request.param]
+    gguf_path, hf = _tiny_gguf_pair(tmp_path_factory.mktemp("blocks"), types=types, hidden=hidden)
     return build(gguf_path, hf), hf, types
 
 
@@ -135,12 +163,13 @@ def test_build_keeps_the_blocks_and_attach_runs_them(tiny_blocks):
     want[main] += 7  # q k v o gate up + lm_head
     want[down] += 1
     assert counts == want
-    x = torch.randn(3, 256, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(0))
+    hidden = model.config.hidden_size
+    x = torch.randn(3, hidden, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         for name, w in dense.items():
             layer = model.get_submodule(name)
             assert isinstance(layer.quant, BlockLinear)
-            if layer.in_features != 256:
+            if layer.in_features != hidden:
                 continue
             ref = x.float() @ w.float().T
             got = layer.quant(x).float() - (layer.dense.bias.float() if layer.dense.bias is not None else 0)
@@ -214,7 +243,7 @@ def test_without_the_kernels_the_same_file_runs_torchs(tiny_blocks, monkeypatch)
     int4 = 6 if tiny_blocks[2][0] == T.Q4_K else 0
     assert {k: v for k, v in counts.items() if v} == {"int4": int4, "int8": 8 - int4} if int4 else {"int8": 8}
     q = model.get_submodule("model.layers.0.self_attn.q_proj").quant
-    x = torch.randn(2, 256, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(3))
+    x = torch.randn(2, model.config.hidden_size, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(3))
     w = dense["model.layers.0.self_attn.q_proj"].float()  # the exact dequantization, in bf16
     ref = x.float() @ w.T
     got = q(x).float() - model.get_submodule("model.layers.0.self_attn.q_proj").dense.bias.float()

@@ -252,7 +252,7 @@ def test_measured_curve_sets_the_switch(tmp_path):
     assert all(m.max_rows == 8 for m in model.modules() if isinstance(m, HybridLinear))
 
 
-def _tiny_gguf_pair(tmp_path, vocab: int = 88, types: tuple[T, T] = (T.Q4_K, T.Q6_K)):
+def _tiny_gguf_pair(tmp_path, vocab: int = 88, types: tuple[T, T] = (T.Q4_K, T.Q6_K), hidden: int = 256):
     """A tiny Qwen2 as a real GGUF file (random blocks: types[1] for down_proj, types[0] for the
     rest, as in a Q4_K_M file) plus the bf16 copy transformers would make of it: what `prepare`
     has on disk before `build` runs."""
@@ -260,8 +260,8 @@ def _tiny_gguf_pair(tmp_path, vocab: int = 88, types: tuple[T, T] = (T.Q4_K, T.Q
     from transformers import AutoModelForCausalLM, Qwen2Config
     from transformers.modeling_gguf_pytorch_utils import TensorProcessor, get_gguf_hf_weights_map
 
-    cfg = Qwen2Config(vocab_size=vocab, hidden_size=256, intermediate_size=512, num_hidden_layers=1,
-                      num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False)
+    cfg = Qwen2Config(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1,
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=64, tie_word_embeddings=False)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16)
     names = {hf: g for g, hf in get_gguf_hf_weights_map(model, TensorProcessor()).items()}

@@ -91,13 +91,15 @@ class Int8Linear(nn.Module):
 class BlockLinear(nn.Module):
     """y = x · dequant(blocks)ᵀ + b, on the GGUF's Q4_K, Q5_K, Q6_K or Q8_0 blocks (quant/native.py)."""
 
-    KINDS = {"q4k": 148, "q5k": 180, "q6k": 210, "q8_0": 272}  # bytes per 256 weights as the kernels read them
+    # (weights, bytes) per block as the kernels read them: [N, K / weights, bytes]
+    KINDS = {"q4k": (256, 148), "q5k": (256, 180), "q6k": (256, 210), "q8_0": (32, 34)}
     MM = {"q4k": native.q4k_mm, "q5k": native.q5k_mm, "q6k": native.q6k_mm, "q8_0": native.q8_0_mm}
 
     def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype, kind: str) -> None:
         super().__init__()
         self.in_features, self.out_features, self.kind = in_features, out_features, kind
-        self.register_buffer("blocks", torch.empty(out_features, in_features // 256, self.KINDS[kind], dtype=torch.uint8),
+        per, size = self.KINDS[kind]
+        self.register_buffer("blocks", torch.empty(out_features, in_features // per, size, dtype=torch.uint8),
                              persistent=False)
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype), requires_grad=False) if bias else None
 

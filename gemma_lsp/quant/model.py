@@ -90,7 +90,7 @@ def build(gguf: Path, model_dir: Path) -> Path:
                 f"{gguf.name}: tensor {g.name} does not match {name}.weight of the converted model; this "
                 "architecture stores its weights differently in GGUF. Run it with dtype bfloat16 instead"
             )
-        if g.tensor_type in BLOCKS and k % blocks.QK_K == 0:
+        if g.tensor_type in BLOCKS:  # (the format makes K a multiple of the block's weights)
             kind, pack = BLOCKS[g.tensor_type]
             out[f"{name}.{kind}"] = torch.from_numpy(pack(raw, n, k))
             kinds[kind] += 1

@@ -160,8 +160,9 @@ def repack_q5_k(raw: np.ndarray, n: int, k: int) -> np.ndarray:
 
 
 def q8_0_blocks(raw: np.ndarray, n: int, k: int) -> np.ndarray:
-    """GGUF Q8_0 rows as [N, K/256, 272]: eight 34-byte blocks per 256 weights, unchanged."""
-    return np.array(raw.reshape(n, k // 256, 272), copy=True)
+    """GGUF Q8_0 rows as [N, K/32, 34]: the file's blocks unchanged (K a multiple of 32, not
+    necessarily of 256: Qwen2.5-Coder-0.5B's 896, Gemma 3 270M's 640)."""
+    return np.array(raw.reshape(n, k // 32, 34), copy=True)
 
 
 def q6_k_blocks(raw: np.ndarray, n: int, k: int) -> np.ndarray:

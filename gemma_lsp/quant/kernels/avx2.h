@@ -100,28 +100,31 @@ void q6k_rows_256(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Ro
   }
 }
 
-// Q8_0, read as stored: one block's 32 weights per vector
+// Q8_0, read as stored: one block's 32 weights per vector. nb counts 32-weight blocks here;
+// those past the last whole group of 8 run in q8_0_tail.
 template <int M, typename O>
 void q8_0_rows_256(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Rows& x, int64_t m0, O* out,
                    int64_t ldo) {
   const __m256i ones = _mm256_set1_epi16(1);
+  const int64_t full = nb / 8;
+  const int tail = (int)(nb % 8);
   for (int64_t n = n0; n < n1; ++n) {
     __m256 acc[M];
     for (int m = 0; m < M; ++m) acc[m] = _mm256_setzero_ps();
-    const uint8_t* row = W + n * nb * Q80_BYTES;
-    for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* row = W + n * nb * Q80_BLOCK;
+    for (int64_t b = 0; b < full; ++b) {
       const uint8_t* blk = row + b * Q80_BYTES;
       prefetch(blk, Q80_BYTES);
       __m256i w[8], aw[8];
       __m256 dv[8];
       for (int g = 0; g < 8; ++g) {
-        w[g] = _mm256_loadu_si256((const __m256i*)(blk + 34 * g + 2));
+        w[g] = _mm256_loadu_si256((const __m256i*)(blk + Q80_BLOCK * g + 2));
         aw[g] = _mm256_sign_epi8(w[g], w[g]);  // |q| as unsigned bytes (|−128| = 128 fits)
-        dv[g] = _mm256_set1_ps(_cvtsh_ss(*(const uint16_t*)(blk + 34 * g)));
+        dv[g] = _mm256_set1_ps(_cvtsh_ss(*(const uint16_t*)(blk + Q80_BLOCK * g)));
       }
 #pragma GCC unroll 8
       for (int m = 0; m < M; ++m) {
-        const int64_t mb = (m0 + m) * nb + b;
+        const int64_t mb = (m0 + m) * x.nb + b;
         const int8_t* xb = x.q.data() + mb * QK;
         __m256 s = _mm256_setzero_ps();  // Σ_g d_g·Σ q·xq, spread over 8 lanes
         for (int g = 0; g < 8; ++g) {
@@ -133,6 +136,11 @@ void q8_0_rows_256(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const R
         acc[m] = _mm256_fmadd_ps(s, _mm256_set1_ps(x.dx[mb]), acc[m]);
       }
     }
+    if (tail)
+      for (int m = 0; m < M; ++m) {
+        const int64_t mb = (m0 + m) * x.nb + full;
+        acc[m] = _mm256_add_ps(acc[m], q8_0_tail(row + full * Q80_BYTES, x.q.data() + mb * QK, tail, x.dx[mb]));
+      }
     for (int m = 0; m < M; ++m) out[m * ldo + n] = static_cast<O>(hsum256(acc[m]));
   }
 }

@@ -37,11 +37,13 @@ constexpr int QK = 256;          // weights per super-block
 constexpr int Q4K_BYTES = 148;   // d f16, dmin f16, sc[8] u8, mn[8] u8, qs[128] (GGUF's nibble order)
 constexpr int Q5K_BYTES = 180;   // d, dmin, sc[8], mn[8] as Q4_K, qh[32] (bit g: group g's fifth bit), qs[128]
 constexpr int Q6K_BYTES = 210;   // ql[128], qh[64], sc[16] i8, d f16 (GGUF's own block)
-constexpr int Q80_BYTES = 272;   // 8 GGUF Q8_0 blocks of 34 bytes, as stored: d f16, qs[32] i8
+constexpr int Q80_BLOCK = 34;    // one GGUF Q8_0 block, as stored: d f16, qs[32] i8 (32 weights)
+constexpr int Q80_BYTES = 8 * Q80_BLOCK;  // the eight blocks under one block of 256 activations
 constexpr int MAX_ROWS = 8;      // rows per kernel pass; more rows run in passes of 8
 constexpr int PREFETCH = 2048;   // bytes ahead of the block being read
 
-struct Rows {  // activation rows quantized per block of 256
+struct Rows {  // activation rows quantized per block of 256 (the last one may be shorter: zeros after it)
+  int64_t nb;                // blocks of 256 per row, ceil(K / 256)
   std::vector<int8_t> q;     // [M, nb, 256], in the order the kernel reads
   std::vector<float> dx;     // [M, nb]
   std::vector<int16_t> sum;  // [M, nb, groups]: Σ xq per group of the weight format
@@ -56,16 +58,18 @@ constexpr int NATURAL[8] = {0, 1, 2, 3, 4, 5, 6, 7};
 
 template <typename T>
 Rows quantize(const T* x, int64_t M, int64_t K, const int* order, int group) {
-  const int64_t nb = K / QK;
+  const int64_t nb = (K + QK - 1) / QK;
   const int groups = QK / group;
-  Rows r{std::vector<int8_t>(M * K), std::vector<float>(M * nb), std::vector<int16_t>(M * nb * groups)};
+  Rows r{nb, std::vector<int8_t>(M * nb * QK), std::vector<float>(M * nb), std::vector<int16_t>(M * nb * groups)};
   for (int64_t mb = 0; mb < M * nb; ++mb) {
+    const T* xs = x + (mb / nb) * K + (mb % nb) * QK;
+    const int len = (int)std::min<int64_t>(QK, K - (mb % nb) * QK);  // a shorter last block: Q8_0 rows
     float amax = 0.f;
-    for (int j = 0; j < QK; ++j) amax = std::max(amax, std::fabs(static_cast<float>(x[mb * QK + j])));
+    for (int j = 0; j < len; ++j) amax = std::max(amax, std::fabs(static_cast<float>(xs[j])));
     const float inv = amax > 0.f ? 127.f / amax : 0.f;
     r.dx[mb] = amax / 127.f;
-    int8_t xq[QK];  // natural order
-    for (int j = 0; j < QK; ++j) xq[j] = (int8_t)std::nearbyint(static_cast<float>(x[mb * QK + j]) * inv);
+    int8_t xq[QK] = {};  // natural order
+    for (int j = 0; j < len; ++j) xq[j] = (int8_t)std::nearbyint(static_cast<float>(xs[j]) * inv);
     int8_t* qb = r.q.data() + mb * QK;
     for (int s = 0; s < 8; ++s)  // 8 slices of 32, placed in `order`
       std::copy(xq + order[s] * 32, xq + order[s] * 32 + 32, qb + s * 32);
@@ -93,6 +97,19 @@ inline void prefetch(const uint8_t* p, int bytes) {
 inline __m128 q4k_mins(__m128 acc, __m128i mn16, const int16_t* sums, float dmin_dx) {
   const __m128i ms = _mm_madd_epi16(mn16, _mm_loadu_si128((const __m128i*)sums));
   return _mm_fmadd_ps(_mm_cvtepi32_ps(ms), _mm_set1_ps(dmin_dx), acc);
+}
+
+// Q8_0 blocks past the last whole 256 (rows of 32·k weights): dx·Σ_g d_g·Σ q·xq over 8 lanes,
+// |q| × (xq·sign q) as in the kernels' main loops
+inline __m256 q8_0_tail(const uint8_t* blk, const int8_t* xb, int groups, float dx) {
+  __m256 s = _mm256_setzero_ps();
+  for (int g = 0; g < groups; ++g) {
+    const __m256i w = _mm256_loadu_si256((const __m256i*)(blk + Q80_BLOCK * g + 2));
+    const __m256i xs = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i*)(xb + 32 * g)), w);
+    const __m256i t = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), xs), _mm256_set1_epi16(1));
+    s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(_cvtsh_ss(*(const uint16_t*)(blk + Q80_BLOCK * g))), s);
+  }
+  return _mm256_mul_ps(s, _mm256_set1_ps(dx));
 }
 
 inline float hsum256(__m256 v) { return hsum128(_mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1))); }

@@ -41,17 +41,17 @@ struct Kernels {  // one block format on one instruction set
 
 struct Format {
   const char* name;
-  int block_bytes;  // per 256 weights
+  int block_weights, block_bytes;  // a block of the weights tensor [N, K / block_weights, block_bytes]
   int group;        // weights per (scale, min) group: Σ xq is kept per group
   Kernels wide, narrow;  // AVX512, AVX2
 };
 
-const Format Q4K{"q4k_mm", Q4K_BYTES, 32, {q4k_512_float, q4k_512_bf16, Q4K_ORDER_512},
+const Format Q4K{"q4k_mm", QK, Q4K_BYTES, 32, {q4k_512_float, q4k_512_bf16, Q4K_ORDER_512},
                  {q4k_256_float, q4k_256_bf16, NATURAL}};
-const Format Q5K{"q5k_mm", Q5K_BYTES, 32, {q5k_512_float, q5k_512_bf16, Q4K_ORDER_512},
+const Format Q5K{"q5k_mm", QK, Q5K_BYTES, 32, {q5k_512_float, q5k_512_bf16, Q4K_ORDER_512},
                  {q5k_256_float, q5k_256_bf16, NATURAL}};
-const Format Q6K{"q6k_mm", Q6K_BYTES, 16, {q6k_512_float, q6k_512_bf16, NATURAL}, {q6k_256_float, q6k_256_bf16, NATURAL}};
-const Format Q80{"q8_0_mm", Q80_BYTES, 32, {q8_0_512_float, q8_0_512_bf16, NATURAL},
+const Format Q6K{"q6k_mm", QK, Q6K_BYTES, 16, {q6k_512_float, q6k_512_bf16, NATURAL}, {q6k_256_float, q6k_256_bf16, NATURAL}};
+const Format Q80{"q8_0_mm", 32, Q80_BLOCK, 32, {q8_0_512_float, q8_0_512_bf16, NATURAL},
                  {q8_0_256_float, q8_0_256_bf16, NATURAL}};
 
 bool has_avx512() {
@@ -77,9 +77,9 @@ at::Tensor run_typed(const at::Tensor& x, const at::Tensor& w, const Kernel<T>* 
 
 at::Tensor run(const at::Tensor& x_, const at::Tensor& w, const Format& f) {
   TORCH_CHECK(w.dim() == 3 && w.size(2) == f.block_bytes && w.scalar_type() == at::kByte && w.is_contiguous(),
-              f.name, ": weights must be contiguous uint8 [N, K/256, ", f.block_bytes, "]");
+              f.name, ": weights must be contiguous uint8 [N, K/", f.block_weights, ", ", f.block_bytes, "]");
   const int64_t K = x_.size(-1), N = w.size(0), nb = w.size(1);
-  TORCH_CHECK(K == nb * QK, f.name, ": input has ", K, " features, the weights ", nb * QK);
+  TORCH_CHECK(K == nb * f.block_weights, f.name, ": input has ", K, " features, the weights ", nb * f.block_weights);
   const Kernels& k = use_512 ? f.wide : f.narrow;
   // bf16 in and out as they are; any other dtype through float32
   const bool is_bf16 = x_.scalar_type() == at::kBFloat16;
