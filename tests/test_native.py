@@ -42,28 +42,32 @@ def weights(qtype: T, n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, np.n
     return torch.from_numpy(pack(raw, n, k)), quants.dequantize(raw, qtype).reshape(n, k).astype(np.float64)
 
 
-def blocks_of_256(a: torch.Tensor) -> torch.Tensor:
-    """[rows, K] -> [rows, ceil(K/256), 256], zeros after a shorter last block (as the kernel pads)."""
-    pad = -a.shape[-1] % 256
-    return torch.nn.functional.pad(a, (0, pad)).reshape(a.shape[0], -1, 256)
+SCALE = {T.Q8_0: 32}  # activations per int8 step: 32 for Q8_0 (as llama.cpp), else 256
 
 
-def int8_activations(x: torch.Tensor) -> torch.Tensor:
-    """x as the kernel sees it: dx·round(x/dx) per block of 256, dx = max|x|/127 (float32 math)."""
-    b = blocks_of_256(x.float())
+def blocks_of(a: torch.Tensor, size: int) -> torch.Tensor:
+    """[rows, K] -> [rows, ceil(K/size), size], zeros after a shorter last block (as the kernel pads)."""
+    pad = -a.shape[-1] % size
+    return torch.nn.functional.pad(a, (0, pad)).reshape(a.shape[0], -1, size)
+
+
+def int8_activations(x: torch.Tensor, scale: int) -> torch.Tensor:
+    """x as the kernel sees it: dx·round(x/dx) per `scale` values, dx = max|x|/127 (float32 math)."""
+    b = blocks_of(x.float(), scale)
     amax = b.abs().amax(-1, keepdim=True)
     inv = torch.where(amax > 0, torch.tensor(127.0) / amax, torch.zeros_like(amax))
     return (torch.round(b * inv).double() * (amax / 127.0).double()).reshape(x.shape[0], -1)[:, : x.shape[1]]
 
 
-def check_against_references(y: torch.Tensor, x: torch.Tensor, ref: np.ndarray) -> None:
+def check_against_references(y: torch.Tensor, x: torch.Tensor, ref: np.ndarray, qtype: T) -> None:
     """y within float32 rounding of the exact reference, and within Σ|w|·dx/2 of the float matmul."""
+    scale = SCALE.get(qtype, 256)
     y = y.double().numpy()
-    exact = int8_activations(x).numpy() @ ref.T
+    exact = int8_activations(x, scale).numpy() @ ref.T
     np.testing.assert_allclose(y, exact, rtol=1e-5, atol=1e-4 * np.abs(exact).max())
     dense = x.double().numpy() @ ref.T
-    step = blocks_of_256(x.abs()).amax(-1).double().numpy() / 127  # dx per block
-    bound = (blocks_of_256(torch.from_numpy(np.abs(ref))).sum(-1).numpy() @ (step.T / 2)).T  # Σ_blocks Σ|w|·dx/2
+    step = blocks_of(x.abs(), scale).amax(-1).double().numpy() / 127  # dx per block
+    bound = (blocks_of(torch.from_numpy(np.abs(ref)), scale).sum(-1).numpy() @ (step.T / 2)).T  # Σ_blocks Σ|w|·dx/2
     assert np.all(np.abs(y - dense) <= bound * 1.001 + 1e-4)
     assert np.abs(y - dense).max() > 0  # the activations really are quantized
 
@@ -75,7 +79,7 @@ def test_kernel_computes_the_blocks_times_int8_activations(qtype, rows, isa):
     w, ref = weights(qtype, n, k, seed=rows)
     x = torch.randn(rows, k, generator=torch.Generator().manual_seed(rows)) * 3
     x[:, 5] = 40.0  # an outlier channel, as real activations have
-    check_against_references(KERNELS[qtype][1](x, w), x, ref)
+    check_against_references(KERNELS[qtype][1](x, w), x, ref, qtype)
 
 
 @pytest.mark.parametrize("k", [96, 640, 896])  # only a tail; Gemma 3 270M's width; Qwen2.5-Coder-0.5B's
@@ -87,7 +91,7 @@ def test_q8_0_rows_need_not_be_a_multiple_of_256(k, rows, isa):
     x = torch.randn(rows, k, generator=torch.Generator().manual_seed(k)) * 2
     x[:, -1] = 25.0  # an outlier in the short block: its dx is its own
     y = native.q8_0_mm(x, w)
-    check_against_references(y, x, ref)
+    check_against_references(y, x, ref, T.Q8_0)
     assert torch.equal(y, torch.cat([native.q8_0_mm(x[i : i + 1], w) for i in range(rows)]))
 
 

@@ -104,7 +104,7 @@ class BlockLinear(nn.Module):
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype), requires_grad=False) if bias else None
 
     def set_weight(self, blocks: torch.Tensor) -> None:
-        self.blocks = _aligned(blocks)
+        self.blocks = _aligned(blocks.reshape(self.blocks.shape))  # [N, K / weights, bytes], whatever the file's shape
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.MM[self.kind](x, self.blocks)

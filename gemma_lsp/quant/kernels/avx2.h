@@ -116,30 +116,29 @@ void q8_0_rows_256(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const R
       const uint8_t* blk = row + b * Q80_BYTES;
       prefetch(blk, Q80_BYTES);
       __m256i w[8], aw[8];
-      __m256 dv[8];
+      float d[8];
       for (int g = 0; g < 8; ++g) {
         w[g] = _mm256_loadu_si256((const __m256i*)(blk + Q80_BLOCK * g + 2));
         aw[g] = _mm256_sign_epi8(w[g], w[g]);  // |q| as unsigned bytes (|−128| = 128 fits)
-        dv[g] = _mm256_set1_ps(_cvtsh_ss(*(const uint16_t*)(blk + Q80_BLOCK * g)));
+        d[g] = _cvtsh_ss(*(const uint16_t*)(blk + Q80_BLOCK * g));
       }
 #pragma GCC unroll 8
       for (int m = 0; m < M; ++m) {
         const int64_t mb = (m0 + m) * x.nb + b;
         const int8_t* xb = x.q.data() + mb * QK;
-        __m256 s = _mm256_setzero_ps();  // Σ_g d_g·Σ q·xq, spread over 8 lanes
-        for (int g = 0; g < 8; ++g) {
+        const float* dx = x.dx.data() + mb * 8;
+        for (int g = 0; g < 8; ++g) {  // Σ_g d_g·dx_g·Σ q·xq, spread over 8 lanes
           // |q|·(xq·sign q): at most 2·128·127 per pair, inside int16
           const __m256i xs = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i*)(xb + 32 * g)), w[g]);
           const __m256i t = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[g], xs), ones);
-          s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), dv[g], s);
+          acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(d[g] * dx[g]), acc[m]);
         }
-        acc[m] = _mm256_fmadd_ps(s, _mm256_set1_ps(x.dx[mb]), acc[m]);
       }
     }
     if (tail)
       for (int m = 0; m < M; ++m) {
         const int64_t mb = (m0 + m) * x.nb + full;
-        acc[m] = _mm256_add_ps(acc[m], q8_0_tail(row + full * Q80_BYTES, x.q.data() + mb * QK, tail, x.dx[mb]));
+        acc[m] = _mm256_add_ps(acc[m], q8_0_tail(row + full * Q80_BYTES, x.q.data() + mb * QK, x.dx.data() + mb * 8, tail));
       }
     for (int m = 0; m < M; ++m) out[m * ldo + n] = static_cast<O>(hsum256(acc[m]));
   }

@@ -118,6 +118,10 @@ template <int M, typename O>
 GL_AVX512 void q8_0_rows_512(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Rows& x, int64_t m0, O* out,
                int64_t ldo) {
   const __m512i zero = _mm512_setzero_si512();
+  // float lane indices: dx of block 2p in lanes 0..7, of block 2p+1 in lanes 8..15
+  const __m512i pick0 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512i pick[4] = {pick0, _mm512_add_epi32(pick0, _mm512_set1_epi32(2)),
+                           _mm512_add_epi32(pick0, _mm512_set1_epi32(4)), _mm512_add_epi32(pick0, _mm512_set1_epi32(6))};
   const int64_t full = nb / 8;
   const int tail = (int)(nb % 8);
   for (int64_t n = n0; n < n1; ++n) {
@@ -144,19 +148,18 @@ GL_AVX512 void q8_0_rows_512(const uint8_t* W, int64_t n0, int64_t n1, int64_t n
       for (int m = 0; m < M; ++m) {
         const int64_t mb = (m0 + m) * x.nb + b;
         const int8_t* xb = x.q.data() + mb * QK;
-        __m512 s = _mm512_setzero_ps();  // Σ_g d_g·Σ q·xq, spread over 16 lanes
-        for (int p = 0; p < 4; ++p) {
+        const __m512 dx = _mm512_castps256_ps512(_mm256_loadu_ps(x.dx.data() + mb * 8));
+        for (int p = 0; p < 4; ++p) {  // Σ_g d_g·dx_g·Σ q·xq, spread over 16 lanes
           const __m512i xv = _mm512_loadu_si512(xb + 64 * p);
           const __m512i t = _mm512_dpbusd_epi32(zero, aw[p], _mm512_mask_sub_epi8(xv, neg[p], zero, xv));
-          s = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), dv[p], s);
+          acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(dv[p], _mm512_permutexvar_ps(pick[p], dx)), acc[m]);
         }
-        acc[m] = _mm512_fmadd_ps(s, _mm512_set1_ps(x.dx[mb]), acc[m]);
       }
     }
     if (tail)
       for (int m = 0; m < M; ++m) {
         const int64_t mb = (m0 + m) * x.nb + full;
-        rest[m] = q8_0_tail(row + full * Q80_BYTES, x.q.data() + mb * QK, tail, x.dx[mb]);
+        rest[m] = q8_0_tail(row + full * Q80_BYTES, x.q.data() + mb * QK, x.dx.data() + mb * 8, tail);
       }
     for (int m = 0; m < M; ++m) out[m * ldo + n] = static_cast<O>(_mm512_reduce_add_ps(acc[m]) + hsum256(rest[m]));
   }

@@ -8,15 +8,16 @@
 // 6-bit scales unpacked to bytes), Q6_K at 6.5625 and Q8_0 at 8.5, as stored. They multiply in integers (vpmaddubsw + vpdpwssd / vpmaddwd) so that the work per
 // byte stays below what memory delivers.
 //
-// Math. Each activation row is quantized per 256 values: x ≈ dx·xq, xq = round(x/dx) in
-// [-127, 127], dx = max|x|/127 (the error per value is at most dx/2). Then for one block
+// Math. Each activation row is quantized per 256 values (per 32 for Q8_0, as llama.cpp does:
+// a finer step where the weights are finer): x ≈ dx·xq, xq = round(x/dx) in [-127, 127],
+// dx = max|x|/127 (the error per value is at most dx/2). Then for one block
 //   Q4_K: w = d·sc_g·q − dmin·mn_g (q in 0..15, 8 groups of 32)
 //         Σ w·x ≈ dx·(d·Σ_g sc_g·Σ q·xq − dmin·Σ_g mn_g·Σ xq)
 //   Q5_K: the same, with q in 0..31 (a fifth bit per weight from qh)
 //   Q6_K: w = d·sc_j·(q − 32) (q in 0..63, 16 groups of 16, sc_j int8)
 //         Σ w·x ≈ dx·d·(Σ_j sc_j·Σ q·xq − 32·Σ_j sc_j·Σ xq)
-//   Q8_0: w = d_g·q (q int8, 8 groups of 32, one float16 d_g each)
-//         Σ w·x ≈ dx·Σ_g d_g·Σ |q|·(xq·sign q)   (u8 × s8 products, as the instructions take them)
+//   Q8_0: w = d_g·q (q int8, blocks of 32, one float16 d_g each; dx_g per block too)
+//         Σ w·x ≈ Σ_g d_g·dx_g·Σ |q|·(xq·sign q)   (u8 × s8 products, as the instructions take them)
 // All sums within a block are exact in int32; blocks accumulate in float32.
 //
 // Exactness across row counts. Output (m, n) is computed by the same instructions in the
@@ -45,7 +46,7 @@ constexpr int PREFETCH = 2048;   // bytes ahead of the block being read
 struct Rows {  // activation rows quantized per block of 256 (the last one may be shorter: zeros after it)
   int64_t nb;                // blocks of 256 per row, ceil(K / 256)
   std::vector<int8_t> q;     // [M, nb, 256], in the order the kernel reads
-  std::vector<float> dx;     // [M, nb]
+  std::vector<float> dx;     // [M, nb, 256 / scale]: one step per `scale` values
   std::vector<int16_t> sum;  // [M, nb, groups]: Σ xq per group of the weight format
 };
 
@@ -57,19 +58,23 @@ constexpr int Q4K_ORDER_512[8] = {0, 2, 1, 3, 4, 6, 5, 7};
 constexpr int NATURAL[8] = {0, 1, 2, 3, 4, 5, 6, 7};
 
 template <typename T>
-Rows quantize(const T* x, int64_t M, int64_t K, const int* order, int group) {
+Rows quantize(const T* x, int64_t M, int64_t K, const int* order, int group, int scale) {
   const int64_t nb = (K + QK - 1) / QK;
-  const int groups = QK / group;
-  Rows r{nb, std::vector<int8_t>(M * nb * QK), std::vector<float>(M * nb), std::vector<int16_t>(M * nb * groups)};
+  const int groups = QK / group, scales = QK / scale;
+  Rows r{nb, std::vector<int8_t>(M * nb * QK), std::vector<float>(M * nb * scales),
+         std::vector<int16_t>(M * nb * groups)};
   for (int64_t mb = 0; mb < M * nb; ++mb) {
     const T* xs = x + (mb / nb) * K + (mb % nb) * QK;
     const int len = (int)std::min<int64_t>(QK, K - (mb % nb) * QK);  // a shorter last block: Q8_0 rows
-    float amax = 0.f;
-    for (int j = 0; j < len; ++j) amax = std::max(amax, std::fabs(static_cast<float>(xs[j])));
-    const float inv = amax > 0.f ? 127.f / amax : 0.f;
-    r.dx[mb] = amax / 127.f;
     int8_t xq[QK] = {};  // natural order
-    for (int j = 0; j < len; ++j) xq[j] = (int8_t)std::nearbyint(static_cast<float>(xs[j]) * inv);
+    for (int c = 0; c < scales; ++c) {
+      const int lo = c * scale, hi = std::min(len, lo + scale);
+      float amax = 0.f;
+      for (int j = lo; j < hi; ++j) amax = std::max(amax, std::fabs(static_cast<float>(xs[j])));
+      const float inv = amax > 0.f ? 127.f / amax : 0.f;
+      r.dx[mb * scales + c] = amax / 127.f;
+      for (int j = lo; j < hi; ++j) xq[j] = (int8_t)std::nearbyint(static_cast<float>(xs[j]) * inv);
+    }
     int8_t* qb = r.q.data() + mb * QK;
     for (int s = 0; s < 8; ++s)  // 8 slices of 32, placed in `order`
       std::copy(xq + order[s] * 32, xq + order[s] * 32 + 32, qb + s * 32);
@@ -99,17 +104,18 @@ inline __m128 q4k_mins(__m128 acc, __m128i mn16, const int16_t* sums, float dmin
   return _mm_fmadd_ps(_mm_cvtepi32_ps(ms), _mm_set1_ps(dmin_dx), acc);
 }
 
-// Q8_0 blocks past the last whole 256 (rows of 32·k weights): dx·Σ_g d_g·Σ q·xq over 8 lanes,
+// Q8_0 blocks past the last whole 256 (rows of 32·k weights): Σ_g d_g·dx_g·Σ q·xq over 8 lanes,
 // |q| × (xq·sign q) as in the kernels' main loops
-inline __m256 q8_0_tail(const uint8_t* blk, const int8_t* xb, int groups, float dx) {
+inline __m256 q8_0_tail(const uint8_t* blk, const int8_t* xb, const float* dx, int groups) {
   __m256 s = _mm256_setzero_ps();
   for (int g = 0; g < groups; ++g) {
     const __m256i w = _mm256_loadu_si256((const __m256i*)(blk + Q80_BLOCK * g + 2));
     const __m256i xs = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i*)(xb + 32 * g)), w);
     const __m256i t = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), xs), _mm256_set1_epi16(1));
-    s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(_cvtsh_ss(*(const uint16_t*)(blk + Q80_BLOCK * g))), s);
+    const float d = _cvtsh_ss(*(const uint16_t*)(blk + Q80_BLOCK * g));
+    s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(d * dx[g]), s);
   }
-  return _mm256_mul_ps(s, _mm256_set1_ps(dx));
+  return s;
 }
 
 inline float hsum256(__m256 v) { return hsum128(_mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1))); }
