@@ -54,3 +54,32 @@ def test_cli_has_the_command():
     add_bench_args(p)
     args = p.parse_args(["vs-llama-cpp", "--tasks", "3", "--gguf", "x.gguf"])
     assert args.bench == "vs-llama-cpp" and args.tasks == 3 and args.gguf == "x.gguf"
+
+
+def test_drift_compares_each_run_with_the_reference():
+    import torch
+
+    from gemma_lsp.bench.drift import compare, kl
+
+    ref = torch.tensor([[4.0, 1.0, 0.0], [2.0, 1.8, 0.0], [0.0, 0.0, 5.0]])  # row 1: no clear leader
+    same = ref.clone()
+    flipped = ref.clone()
+    flipped[0] = torch.tensor([1.0, 4.0, 0.0])  # the clear leader of row 0 loses
+    out = compare(ref, {"same": same, "flipped": flipped})
+    assert out["positions"] == 3 and out["clear_positions"] == 2
+    assert out["same"] == {"mean_kl": 0.0, "top1_clear": 1.0}
+    assert out["flipped"]["top1_clear"] == 0.5
+    p, q = torch.softmax(ref[0], -1), torch.softmax(flipped[0], -1)
+    assert out["flipped"]["mean_kl"] == pytest.approx((p * (p / q).log()).sum().item() / 3, rel=1e-5)
+    assert kl(ref, flipped)[1:].abs().max() == 0
+
+
+def test_cli_takes_drift():
+    import argparse
+
+    from gemma_lsp.bench.cli import add_bench_args
+
+    p = argparse.ArgumentParser()
+    add_bench_args(p)
+    assert p.parse_args(["vs-llama-cpp"]).drift == 0
+    assert p.parse_args(["vs-llama-cpp", "--drift", "4"]).drift == 4

@@ -19,11 +19,13 @@ one-token step computes it (no bf16 near-tie exemption, unlike test_real_model_e
 from __future__ import annotations
 
 import gc
+import importlib.util
 
 import pytest
 import torch
 
-from gemma_lsp.bench import humaneval as he
+from gemma_lsp import default_model
+from gemma_lsp.bench.drift import CLEAR_GAP, all_logits, fim_prompts, kl, llama_cpp_logits, quant_logits
 from gemma_lsp.engine import Engine, GenerateRequest
 from gemma_lsp.engine.costs import CostCurve
 from gemma_lsp.engine.models import load
@@ -40,22 +42,6 @@ KL_FACTOR = 4.0  # torch's int4/int8 path (float activations) may drift at most 
 LLAMA_CPP_KL = 0.00883
 LLAMA_CPP_SLACK = 1.1
 KL_FLOOR = 0.005  # nats: below this, two next-token distributions are practically the same
-CLEAR_GAP = 1.0  # logits: a reference top-2 gap this wide must survive quantization
-
-
-def fim_prompts(prompter: Prompter, n: int):
-    tasks = he.sample(he.single_line_tasks(he.load_problems()), n, seed=11)
-    return [prompter.build(t.prefix, t.suffix) for t in tasks]
-
-
-@torch.inference_mode()
-def all_logits(model, ids: list[int]) -> torch.Tensor:
-    return model(input_ids=torch.tensor([ids])).logits[0].float()
-
-
-def kl(ref: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    lp, lq = torch.log_softmax(ref, -1), torch.log_softmax(other, -1)
-    return (lp.exp() * (lp - lq)).sum(-1)
 
 
 @pytest.fixture(scope="module")
@@ -63,31 +49,12 @@ def gguf(default_model_dir):
     return load(None, "cpu", "gguf")
 
 
-def quant_logits(model, prompts: list[list[int]]) -> torch.Tensor:
-    set_max_rows(model, 1 << 30)  # every row on the quantized kernels (rows are independent)
-    try:
-        return torch.cat([all_logits(model, ids) for ids in prompts])
-    finally:
-        set_max_rows(model, 8)
-
-
-def llama_cpp_logits(prompts: list[list[int]]) -> torch.Tensor | None:
-    """llama.cpp's logits for the same file and tokens, where llama-cpp-python is installed."""
-    try:
-        from llama_cpp import Llama
-    except ImportError:
+def default_llama_cpp_logits(prompts: list[list[int]]) -> torch.Tensor | None:
+    """llama.cpp's logits for the embedded model's file, where llama-cpp-python is installed."""
+    if importlib.util.find_spec("llama_cpp") is None:
         return None
-    from gemma_lsp import default_model
-
-    out = []
-    with default_model.assembled_gguf() as gguf:
-        llm = Llama(str(gguf), n_ctx=2048, n_threads=2, n_threads_batch=2, logits_all=True, verbose=False)
-        for ids in prompts:
-            llm.reset()
-            llm.eval(ids)
-            out.append(torch.tensor(llm.scores[: len(ids)], dtype=torch.float32))
-        del llm
-    return torch.cat(out)
+    with default_model.assembled_gguf() as path:
+        return llama_cpp_logits(path, prompts)
 
 
 def test_gguf_path_drifts_from_the_file_no_more_than_llama_cpp(gguf, monkeypatch):
@@ -100,7 +67,7 @@ def test_gguf_path_drifts_from_the_file_no_more_than_llama_cpp(gguf, monkeypatch
     int4 = quant_logits(torch_path.model, prompts)
     del torch_path
     gc.collect()
-    llama = llama_cpp_logits(prompts)
+    llama = default_llama_cpp_logits(prompts)
     ref32 = load(None, "cpu", "float32")
     r = torch.cat([all_logits(ref32.model, ids) for ids in prompts])
     del ref32

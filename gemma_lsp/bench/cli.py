@@ -74,6 +74,9 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     v.add_argument("--prefill-tokens", type=int, default=512)
     v.add_argument("--decode-prompts", type=int, default=4)
     v.add_argument("--decode-tokens", type=int, default=64)
+    v.add_argument("--drift", type=int, default=0, metavar="N",
+                   help="also measure each engine's mean KL from the file's model in float32 on N FIM prompts "
+                        "(loads that model: ~4 bytes per weight of memory; default 0: off)")
     v.add_argument("--json", metavar="FILE")
     a = sub.add_parser("all", help="quality + speculative + typing; one results.json, summary.md and PNG plots")
     a.add_argument("--out", metavar="DIR", help="output folder (default bench-results/<date>)")

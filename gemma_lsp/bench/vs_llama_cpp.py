@@ -10,6 +10,8 @@ in llama_engine.py), so only the engines differ. Figures:
   keystroke         after each task, type the next character and ask again: the prompt
                     extends the cached one; time to the first token and to the answer
   pass@1            of the per-task completions
+  drift (--drift N) mean KL of each engine's next-token distributions from the file's model
+                    in float32, over every position of N FIM prompts (bench/drift.py)
 Ratios are ours ÷ llama.cpp as speed (> 1: ours faster). Nothing here asserts speed.
 """
 
@@ -68,6 +70,9 @@ def _run(args: argparse.Namespace, gguf: Path) -> int:
     res["tasks"] = per_task(completer, engines, tasks, args.keystrokes)
     res["summary"] = summarize(res)
     print(table(res["summary"]))
+    if args.drift:
+        spec = args.model or (str(gguf) if args.gguf else None)
+        res["drift"] = drift_from_float32(completer, spec, gguf, args.drift, llama.threads)
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
     return 0
@@ -163,6 +168,32 @@ def per_task(completer, engines, tasks, keystrokes: int) -> dict[str, Any]:
                   f"{'pass' if row['passed'] else 'fail'}", file=sys.stderr)
         out[name] = rows
     completer.engine = ours_engine
+    return out
+
+
+def drift_from_float32(completer, spec: str | None, gguf: Path, n_prompts: int, threads: int) -> dict[str, Any]:
+    """Both engines' logits on the same prompts against the file's model in float32 (loaded last:
+    it needs ~4 bytes per weight of memory)."""
+    import gc
+
+    import torch
+
+    from ..engine.models import load
+    from . import drift
+
+    prompts = [p.ids for p in drift.fim_prompts(completer.prompter, n_prompts)]
+    runs = {"ours": drift.quant_logits(completer.target.model, prompts)}
+    theirs = drift.llama_cpp_logits(gguf, prompts, threads)
+    if theirs is not None:
+        runs["llama.cpp"] = theirs
+    ref = load(spec, "cpu", "float32")
+    logits = torch.cat([drift.all_logits(ref.model, ids) for ids in prompts])
+    del ref
+    gc.collect()
+    out = drift.compare(logits, runs)
+    print(f"\ndrift from the file's model in float32, {out['positions']} positions of {len(prompts)} prompts: "
+          + "; ".join(f"{name} mean KL {out[name]['mean_kl']:.5f} nats, top-1 kept at "
+                      f"{out[name]['top1_clear']:.2%} of {out['clear_positions']} clear positions" for name in runs))
     return out
 
 
