@@ -22,7 +22,8 @@ from test_quant import random_blocks
 pytestmark = pytest.mark.skipif(not native.available(), reason=f"native kernels: {native.status()}")
 
 KERNELS = {T.Q4_K: (native.repack_q4_k, native.q4k_mm), T.Q5_K: (native.repack_q5_k, native.q5k_mm),
-           T.Q6_K: (native.q6_k_blocks, native.q6k_mm), T.Q8_0: (native.q8_0_blocks, native.q8_0_mm)}
+           T.Q6_K: (native.q6_k_blocks, native.q6k_mm), T.Q8_0: (native.q8_0_blocks, native.q8_0_mm),
+           T.Q5_0: (native.q5_0_blocks, native.q5_0_mm), T.Q4_0: (native.q4_0_blocks, native.q4_0_mm)}
 
 
 @pytest.fixture(params=["avx512", "avx2"])
@@ -42,7 +43,7 @@ def weights(qtype: T, n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, np.n
     return torch.from_numpy(pack(raw, n, k)), quants.dequantize(raw, qtype).reshape(n, k).astype(np.float64)
 
 
-SCALE = {T.Q8_0: 32}  # activations per int8 step: 32 for Q8_0 (as llama.cpp), else 256
+SCALE = {T.Q8_0: 32, T.Q5_0: 32, T.Q4_0: 32}  # activations per int8 step: 32 for blocks of 32 (as llama.cpp), else 256
 
 
 def blocks_of(a: torch.Tensor, size: int) -> torch.Tensor:
@@ -82,17 +83,19 @@ def test_kernel_computes_the_blocks_times_int8_activations(qtype, rows, isa):
     check_against_references(KERNELS[qtype][1](x, w), x, ref, qtype)
 
 
+@pytest.mark.parametrize("qtype", [T.Q8_0, T.Q5_0, T.Q4_0], ids=lambda t: t.name)
 @pytest.mark.parametrize("k", [96, 640, 896])  # only a tail; Gemma 3 270M's width; Qwen2.5-Coder-0.5B's
 @pytest.mark.parametrize("rows", [1, 5, 9])
-def test_q8_0_rows_need_not_be_a_multiple_of_256(k, rows, isa):
-    """Q8_0 blocks hold 32 weights: the last block of 256 activations is shorter, and its
-    weights run in the tail loop. Each row is still computed alone."""
-    w, ref = weights(T.Q8_0, 40, k, seed=k + rows)
+def test_rows_of_32_weight_blocks_need_not_be_a_multiple_of_256(qtype, k, rows, isa):
+    """Blocks of 32 weights: the last block of 256 activations is shorter, and its weights run
+    in the tail loop. Each row is still computed alone."""
+    w, ref = weights(qtype, 40, k, seed=k + rows)
     x = torch.randn(rows, k, generator=torch.Generator().manual_seed(k)) * 2
     x[:, -1] = 25.0  # an outlier in the short block: its dx is its own
-    y = native.q8_0_mm(x, w)
-    check_against_references(y, x, ref, T.Q8_0)
-    assert torch.equal(y, torch.cat([native.q8_0_mm(x[i : i + 1], w) for i in range(rows)]))
+    mm = KERNELS[qtype][1]
+    y = mm(x, w)
+    check_against_references(y, x, ref, qtype)
+    assert torch.equal(y, torch.cat([mm(x[i : i + 1], w) for i in range(rows)]))
 
 
 @pytest.mark.parametrize("qtype", list(KERNELS), ids=lambda t: t.name)
@@ -124,7 +127,8 @@ def test_zero_rows_and_wrong_shapes(isa):
 MIXES = {  # (type of every Linear but down_proj, type of down_proj), hidden size
     "Q4_K_M": ((T.Q4_K, T.Q6_K), 256),  # the GGUF files people use
     "Q8_0+Q5_K": ((T.Q8_0, T.Q5_K), 256),
-    "Q8_0, 160 wide": ((T.Q8_0, T.Q8_0), 160),  # rows of 5 Q8_0 blocks: the tail loop only
+    "Q5_0+Q8_0, 160 wide": ((T.Q5_0, T.Q8_0), 160),  # a small model's Q4_K_M: rows of 5 blocks, the tail loop
+    "Q4_0": ((T.Q4_0, T.Q4_0), 256),
 }
 
 
@@ -241,11 +245,12 @@ def test_the_two_instruction_sets_compute_the_same_values():
 
 def test_without_the_kernels_the_same_file_runs_torchs(tiny_blocks, monkeypatch):
     """A file built where the kernels ran holds blocks only; where they do not run, attach converts
-    them: Q4_K to int4 exactly (lm_head's 88 rows are not a multiple of 16: int8), the rest to int8."""
+    them: Q4_K and Q4_0 to int4 exactly (but lm_head's 88 rows are not a multiple of 16), the rest to int8."""
     monkeypatch.setitem(native._state, "error", "turned off for this test")
     model, counts, dense = load_attached(tiny_blocks)
-    int4 = 6 if tiny_blocks[2][0] == T.Q4_K else 0
-    assert {k: v for k, v in counts.items() if v} == {"int4": int4, "int8": 8 - int4} if int4 else {"int8": 8}
+    main, down = (t in (T.Q4_K, T.Q4_0) for t in tiny_blocks[2])
+    int4 = 6 * main + down  # q k v o gate up; down_proj
+    assert {k: v for k, v in counts.items() if v} == {k: v for k, v in {"int4": int4, "int8": 8 - int4}.items() if v}
     q = model.get_submodule("model.layers.0.self_attn.q_proj").quant
     x = torch.randn(2, model.config.hidden_size, dtype=torch.bfloat16, generator=torch.Generator().manual_seed(3))
     w = dense["model.layers.0.self_attn.q_proj"].float()  # the exact dequantization, in bf16

@@ -38,7 +38,7 @@ def random_blocks(qtype: T, n: int, k: int, seed: int = 0) -> np.ndarray:
         raw[:, 0:4] = d.reshape(-1, 4)
     elif qtype == T.Q6_K:
         raw[:, -2:] = d[:, :2]
-    elif qtype == T.Q8_0:
+    elif qtype in (T.Q8_0, T.Q5_0):
         raw[:, 0:2] = d[:, :2]
     return raw.reshape(n, -1)
 

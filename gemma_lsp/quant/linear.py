@@ -2,7 +2,7 @@
 
 Decode on a CPU is bound by the bytes of weights read per token: bf16 reads 2 bytes
 per weight, torch's int8 1, its int4 0.5 (+ 4 bytes of scale and zero per 32 weights),
-a Q4_K block 0.58, Q5_K 0.70, Q6_K 0.82 and Q8_0 1.06. BlockLinear runs gemma-lsp's kernels
+a Q4_K block 0.58, Q5_K 0.70, Q6_K 0.82, Q8_0 1.06, Q5_0 0.69 and Q4_0 0.56. BlockLinear runs gemma-lsp's kernels
 on the blocks (activations rounded to int8 per 256); Int4Linear and Int8Linear run torch's
 (activations in floating point), where those kernels cannot run.
 """
@@ -89,11 +89,13 @@ class Int8Linear(nn.Module):
 
 
 class BlockLinear(nn.Module):
-    """y = x · dequant(blocks)ᵀ + b, on the GGUF's Q4_K, Q5_K, Q6_K or Q8_0 blocks (quant/native.py)."""
+    """y = x · dequant(blocks)ᵀ + b, on the GGUF's own blocks (quant/native.py; KINDS: the types)."""
 
     # (weights, bytes) per block as the kernels read them: [N, K / weights, bytes]
-    KINDS = {"q4k": (256, 148), "q5k": (256, 180), "q6k": (256, 210), "q8_0": (32, 34)}
-    MM = {"q4k": native.q4k_mm, "q5k": native.q5k_mm, "q6k": native.q6k_mm, "q8_0": native.q8_0_mm}
+    KINDS = {"q4k": (256, 148), "q5k": (256, 180), "q6k": (256, 210), "q8_0": (32, 34), "q5_0": (32, 22),
+             "q4_0": (32, 18)}
+    MM = {"q4k": native.q4k_mm, "q5k": native.q5k_mm, "q6k": native.q6k_mm, "q8_0": native.q8_0_mm,
+          "q5_0": native.q5_0_mm, "q4_0": native.q4_0_mm}
 
     def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype, kind: str) -> None:
         super().__init__()

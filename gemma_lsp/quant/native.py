@@ -137,6 +137,14 @@ def q8_0_mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return torch.ops.gemma_lsp.q8_0_mm(x, w)
 
 
+def q5_0_mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return torch.ops.gemma_lsp.q5_0_mm(x, w)
+
+
+def q4_0_mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return torch.ops.gemma_lsp.q4_0_mm(x, w)
+
+
 def repack_q4_k(raw: np.ndarray, n: int, k: int) -> np.ndarray:
     """GGUF Q4_K rows (144-byte blocks) -> the kernel's 148-byte blocks: the same values,
     with the eight 6-bit (scale, min) pairs unpacked to bytes so the kernel need not."""
@@ -159,10 +167,18 @@ def repack_q5_k(raw: np.ndarray, n: int, k: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([p.astype(np.uint8) for p in parts], axis=2))
 
 
-def q8_0_blocks(raw: np.ndarray, n: int, k: int) -> np.ndarray:
-    """GGUF Q8_0 rows as [N, K/32, 34]: the file's blocks unchanged (K a multiple of 32, not
-    necessarily of 256: Qwen2.5-Coder-0.5B's 896, Gemma 3 270M's 640)."""
-    return np.array(raw.reshape(n, k // 32, 34), copy=True)
+def blocks_of_32(size: int):
+    """GGUF Q8_0 (34 bytes), Q5_0 (22) or Q4_0 (18) rows as [N, K/32, size]: the file's blocks
+    unchanged (K a multiple of 32, not necessarily of 256: Qwen2.5-Coder-0.5B's 896, Gemma 3
+    270M's 640)."""
+
+    def shape(raw: np.ndarray, n: int, k: int) -> np.ndarray:
+        return np.array(raw.reshape(n, k // 32, size), copy=True)
+
+    return shape
+
+
+q8_0_blocks, q5_0_blocks, q4_0_blocks = blocks_of_32(34), blocks_of_32(22), blocks_of_32(18)
 
 
 def q6_k_blocks(raw: np.ndarray, n: int, k: int) -> np.ndarray:

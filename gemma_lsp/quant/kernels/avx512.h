@@ -112,11 +112,12 @@ GL_AVX512 void q6k_rows_512(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb
   }
 }
 
-// Q8_0, read as stored: per 64 bytes of activations, two blocks' 32 weights and their scales.
-// nb counts 32-weight blocks here; whole groups of 8 run 512 bits wide, the rest in q8_0_tail.
-template <int M, typename O>
-GL_AVX512 void q8_0_rows_512(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Rows& x, int64_t m0, O* out,
-               int64_t ldo) {
+// Blocks of 32 (Q8_0, Q5_0, Q4_0: common.h), read as stored: per 64 bytes of activations two
+// blocks' weights and scales. nb counts blocks of 32 here; whole groups of 8 run 512 bits wide,
+// the rest in b32_dot.
+template <int M, typename O, typename F>
+GL_AVX512 void b32_rows_512(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Rows& x, int64_t m0, O* out,
+              int64_t ldo) {
   const __m512i zero = _mm512_setzero_si512();
   // float lane indices: dx of block 2p in lanes 0..7, of block 2p+1 in lanes 8..15
   const __m512i pick0 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
@@ -128,28 +129,27 @@ GL_AVX512 void q8_0_rows_512(const uint8_t* W, int64_t n0, int64_t n1, int64_t n
     __m512 acc[M];
     __m256 rest[M];
     for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps(), rest[m] = _mm256_setzero_ps();
-    const uint8_t* row = W + n * nb * Q80_BLOCK;
+    const uint8_t* row = W + n * nb * F::bytes;
     for (int64_t b = 0; b < full; ++b) {
-      const uint8_t* blk = row + b * Q80_BYTES;
-      prefetch(blk, Q80_BYTES);
-      __m512i aw[4];     // |q| as unsigned bytes (|−128| = 128 fits)
-      __mmask64 neg[4];  // where q < 0: the activation's sign flips instead
+      const uint8_t* blk = row + b * 8 * F::bytes;
+      prefetch(blk, 8 * F::bytes);
+      __m512i aw[4];     // |q'| as unsigned bytes (|−128| = 128 fits)
+      __mmask64 neg[4];  // where q' < 0: the activation's sign flips instead
       __m512 dv[4];      // d of the first block in lanes 0..7, of the second in 8..15
       for (int p = 0; p < 4; ++p) {
-        const uint8_t* g = blk + 2 * Q80_BLOCK * p;
-        const __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256((const __m256i*)(g + 2))),
-                                             _mm256_loadu_si256((const __m256i*)(g + Q80_BLOCK + 2)), 1);
+        const uint8_t* g = blk + 2 * F::bytes * p;
+        const __m512i w = _mm512_inserti64x4(_mm512_castsi256_si512(F::weights(g)), F::weights(g + F::bytes), 1);
         aw[p] = _mm512_abs_epi8(w);
         neg[p] = _mm512_movepi8_mask(w);
         dv[p] = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(_cvtsh_ss(*(const uint16_t*)g)),
-                                     _mm512_set1_ps(_cvtsh_ss(*(const uint16_t*)(g + Q80_BLOCK))));
+                                     _mm512_set1_ps(_cvtsh_ss(*(const uint16_t*)(g + F::bytes))));
       }
 #pragma GCC unroll 8
       for (int m = 0; m < M; ++m) {
         const int64_t mb = (m0 + m) * x.nb + b;
         const int8_t* xb = x.q.data() + mb * QK;
         const __m512 dx = _mm512_castps256_ps512(_mm256_loadu_ps(x.dx.data() + mb * 8));
-        for (int p = 0; p < 4; ++p) {  // Σ_g d_g·dx_g·Σ q·xq, spread over 16 lanes
+        for (int p = 0; p < 4; ++p) {  // Σ_g d_g·dx_g·Σ q'·xq, spread over 16 lanes
           const __m512i xv = _mm512_loadu_si512(xb + 64 * p);
           const __m512i t = _mm512_dpbusd_epi32(zero, aw[p], _mm512_mask_sub_epi8(xv, neg[p], zero, xv));
           acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(dv[p], _mm512_permutexvar_ps(pick[p], dx)), acc[m]);
@@ -159,7 +159,7 @@ GL_AVX512 void q8_0_rows_512(const uint8_t* W, int64_t n0, int64_t n1, int64_t n
     if (tail)
       for (int m = 0; m < M; ++m) {
         const int64_t mb = (m0 + m) * x.nb + full;
-        rest[m] = q8_0_tail(row + full * Q80_BYTES, x.q.data() + mb * QK, x.dx.data() + mb * 8, tail);
+        rest[m] = b32_dot<F>(row + full * 8 * F::bytes, x.q.data() + mb * QK, x.dx.data() + mb * 8, tail, rest[m]);
       }
     for (int m = 0; m < M; ++m) out[m * ldo + n] = static_cast<O>(_mm512_reduce_add_ps(acc[m]) + hsum256(rest[m]));
   }

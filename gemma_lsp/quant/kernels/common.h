@@ -1,23 +1,26 @@
-// GGUF k-quant blocks times int8-quantized activations, for the few-row forwards of decode
+// GGUF quantized blocks times int8-quantized activations, for the few-row forwards of decode
 // and verify on x86 CPUs (AVX512-VNNI, or AVX2). Built at run time by native.py (torch's JIT
-// extension loader), registered as torch ops gemma_lsp::q4k_mm, q5k_mm, q6k_mm and q8_0_mm (ops.cpp).
+// extension loader), registered as torch ops gemma_lsp::q4k_mm, q5k_mm, q6k_mm, q8_0_mm,
+// q5_0_mm and q4_0_mm (ops.cpp).
 //
 // Why: a one-token step is bound by the bytes of weights it reads. torch's int4 kernel
 // needs a bf16 scale and zero per 32 weights (5 bits per weight) and its int8 kernel 8;
 // these kernels read the file's own blocks: Q4_K at 4.625 bits and Q5_K at 5.625 (their
-// 6-bit scales unpacked to bytes), Q6_K at 6.5625 and Q8_0 at 8.5, as stored. They multiply in integers (vpmaddubsw + vpdpwssd / vpmaddwd) so that the work per
-// byte stays below what memory delivers.
+// 6-bit scales unpacked to bytes), Q6_K at 6.5625, Q8_0 at 8.5, Q5_0 at 5.5 and Q4_0 at 4.5,
+// as stored. They multiply in integers (vpmaddubsw + vpdpwssd / vpmaddwd, vpdpbusd) so that
+// the work per byte stays below what memory delivers.
 //
-// Math. Each activation row is quantized per 256 values (per 32 for Q8_0, as llama.cpp does:
-// a finer step where the weights are finer): x ≈ dx·xq, xq = round(x/dx) in [-127, 127],
-// dx = max|x|/127 (the error per value is at most dx/2). Then for one block
+// Math. Each activation row is quantized per 256 values for the K-quants, per 32 for the
+// 32-weight blocks (as llama.cpp does: a step per block of weights): x ≈ dx·xq,
+// xq = round(x/dx) in [-127, 127], dx = max|x|/127 (the error per value is at most dx/2).
+// Then for one block
 //   Q4_K: w = d·sc_g·q − dmin·mn_g (q in 0..15, 8 groups of 32)
 //         Σ w·x ≈ dx·(d·Σ_g sc_g·Σ q·xq − dmin·Σ_g mn_g·Σ xq)
 //   Q5_K: the same, with q in 0..31 (a fifth bit per weight from qh)
 //   Q6_K: w = d·sc_j·(q − 32) (q in 0..63, 16 groups of 16, sc_j int8)
 //         Σ w·x ≈ dx·d·(Σ_j sc_j·Σ q·xq − 32·Σ_j sc_j·Σ xq)
-//   Q8_0: w = d_g·q (q int8, blocks of 32, one float16 d_g each; dx_g per block too)
-//         Σ w·x ≈ Σ_g d_g·dx_g·Σ |q|·(xq·sign q)   (u8 × s8 products, as the instructions take them)
+//   Q8_0, Q5_0, Q4_0: w = d_g·q' (blocks of 32, one float16 d_g each; q' = q, q − 16, q − 8)
+//         Σ w·x ≈ Σ_g d_g·dx_g·Σ |q'|·(xq·sign q')   (u8 × s8 products, as the instructions take them)
 // All sums within a block are exact in int32; blocks accumulate in float32.
 //
 // Exactness across row counts. Output (m, n) is computed by the same instructions in the
@@ -29,6 +32,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace gl {
@@ -38,8 +42,6 @@ constexpr int QK = 256;          // weights per super-block
 constexpr int Q4K_BYTES = 148;   // d f16, dmin f16, sc[8] u8, mn[8] u8, qs[128] (GGUF's nibble order)
 constexpr int Q5K_BYTES = 180;   // d, dmin, sc[8], mn[8] as Q4_K, qh[32] (bit g: group g's fifth bit), qs[128]
 constexpr int Q6K_BYTES = 210;   // ql[128], qh[64], sc[16] i8, d f16 (GGUF's own block)
-constexpr int Q80_BLOCK = 34;    // one GGUF Q8_0 block, as stored: d f16, qs[32] i8 (32 weights)
-constexpr int Q80_BYTES = 8 * Q80_BLOCK;  // the eight blocks under one block of 256 activations
 constexpr int MAX_ROWS = 8;      // rows per kernel pass; more rows run in passes of 8
 constexpr int PREFETCH = 2048;   // bytes ahead of the block being read
 
@@ -65,7 +67,7 @@ Rows quantize(const T* x, int64_t M, int64_t K, const int* order, int group, int
          std::vector<int16_t>(M * nb * groups)};
   for (int64_t mb = 0; mb < M * nb; ++mb) {
     const T* xs = x + (mb / nb) * K + (mb % nb) * QK;
-    const int len = (int)std::min<int64_t>(QK, K - (mb % nb) * QK);  // a shorter last block: Q8_0 rows
+    const int len = (int)std::min<int64_t>(QK, K - (mb % nb) * QK);  // shorter last block: rows of 32·k
     int8_t xq[QK] = {};  // natural order
     for (int c = 0; c < scales; ++c) {
       const int lo = c * scale, hi = std::min(len, lo + scale);
@@ -104,16 +106,51 @@ inline __m128 q4k_mins(__m128 acc, __m128i mn16, const int16_t* sums, float dmin
   return _mm_fmadd_ps(_mm_cvtepi32_ps(ms), _mm_set1_ps(dmin_dx), acc);
 }
 
-// Q8_0 blocks past the last whole 256 (rows of 32·k weights): Σ_g d_g·dx_g·Σ q·xq over 8 lanes,
-// |q| × (xq·sign q) as in the kernels' main loops
-inline __m256 q8_0_tail(const uint8_t* blk, const int8_t* xb, const float* dx, int groups) {
-  __m256 s = _mm256_setzero_ps();
+// Blocks of 32 weights with one float16 d first: Q8_0 (w = d·q, q int8 as stored), Q5_0
+// (w = d·(q − 16), q = nibble + 16·bit of qh) and Q4_0 (w = d·(q − 8)). `weights` unpacks a
+// block to 32 int8 values q' (w = d·q'); one dot then serves all three. Nibbles: weight j < 16
+// in the low half of qs[j], weight j + 16 in the high half.
+inline __m256i nibbles32(const uint8_t* qs) {
+  const __m128i b = _mm_loadu_si128((const __m128i*)qs), low = _mm_set1_epi8(0x0F);
+  return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), low), _mm_and_si128(b, low));
+}
+
+struct Q8_0 {
+  static constexpr int bytes = 34;  // d, qs[32]
+  static __m256i weights(const uint8_t* b) { return _mm256_loadu_si256((const __m256i*)(b + 2)); }
+};
+
+struct Q4_0 {
+  static constexpr int bytes = 18;  // d, qs[16]
+  static __m256i weights(const uint8_t* b) { return _mm256_sub_epi8(nibbles32(b + 2), _mm256_set1_epi8(8)); }
+};
+
+struct Q5_0 {
+  static constexpr int bytes = 22;  // d, qh (32 bits, bit j: weight j's fifth bit), qs[16]
+  static __m256i weights(const uint8_t* b) {
+    uint32_t qh;
+    std::memcpy(&qh, b + 2, 4);
+    // byte j of the vector gets byte j/8 of qh, then keeps only its bit j%8
+    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh),
+                                               _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202,
+                                                                 0x0101010101010101, 0x0000000000000000));
+    const __m256i bit = _mm256_set1_epi64x((int64_t)0x8040201008040201);
+    const __m256i high = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(16));
+    return _mm256_sub_epi8(_mm256_or_si256(nibbles32(b + 6), high), _mm256_set1_epi8(16));
+  }
+};
+
+// d_g·dx_g·Σ q'·xq over `groups` blocks of 32 (in 8 float lanes): |q'| × (xq·sign q') as the
+// u8 × s8 instructions take them (at most 2·128·127 per pair: inside int16). The AVX2 kernels
+// run every block this way; the AVX512 ones the blocks past the last whole 256.
+template <typename F>
+inline __m256 b32_dot(const uint8_t* blk, const int8_t* xb, const float* dx, int groups, __m256 s) {
   for (int g = 0; g < groups; ++g) {
-    const __m256i w = _mm256_loadu_si256((const __m256i*)(blk + Q80_BLOCK * g + 2));
+    const uint8_t* b = blk + F::bytes * g;
+    const __m256i w = F::weights(b);
     const __m256i xs = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i*)(xb + 32 * g)), w);
     const __m256i t = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), xs), _mm256_set1_epi16(1));
-    const float d = _cvtsh_ss(*(const uint16_t*)(blk + Q80_BLOCK * g));
-    s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(d * dx[g]), s);
+    s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(_cvtsh_ss(*(const uint16_t*)b) * dx[g]), s);
   }
   return s;
 }

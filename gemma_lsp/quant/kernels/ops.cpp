@@ -27,11 +27,15 @@ using bf16 = c10::BFloat16;
 GEMMA_LSP_TABLES(q4k_512, q45k_rows_512, false)
 GEMMA_LSP_TABLES(q5k_512, q45k_rows_512, true)
 GEMMA_LSP_TABLES(q6k_512, q6k_rows_512)
-GEMMA_LSP_TABLES(q8_0_512, q8_0_rows_512)
+GEMMA_LSP_TABLES(q8_0_512, b32_rows_512, Q8_0)
+GEMMA_LSP_TABLES(q5_0_512, b32_rows_512, Q5_0)
+GEMMA_LSP_TABLES(q4_0_512, b32_rows_512, Q4_0)
 GEMMA_LSP_TABLES(q4k_256, q45k_rows_256, false)
 GEMMA_LSP_TABLES(q5k_256, q45k_rows_256, true)
 GEMMA_LSP_TABLES(q6k_256, q6k_rows_256)
-GEMMA_LSP_TABLES(q8_0_256, q8_0_rows_256)
+GEMMA_LSP_TABLES(q8_0_256, b32_rows_256, Q8_0)
+GEMMA_LSP_TABLES(q5_0_256, b32_rows_256, Q5_0)
+GEMMA_LSP_TABLES(q4_0_256, b32_rows_256, Q4_0)
 
 struct Kernels {  // one block format on one instruction set
   const Kernel<float>* f32;
@@ -52,8 +56,12 @@ const Format Q4K{"q4k_mm", QK, Q4K_BYTES, 32, QK, {q4k_512_float, q4k_512_bf16, 
 const Format Q5K{"q5k_mm", QK, Q5K_BYTES, 32, QK, {q5k_512_float, q5k_512_bf16, Q4K_ORDER_512},
                  {q5k_256_float, q5k_256_bf16, NATURAL}};
 const Format Q6K{"q6k_mm", QK, Q6K_BYTES, 16, QK, {q6k_512_float, q6k_512_bf16, NATURAL}, {q6k_256_float, q6k_256_bf16, NATURAL}};
-const Format Q80{"q8_0_mm", 32, Q80_BLOCK, 32, 32, {q8_0_512_float, q8_0_512_bf16, NATURAL},
+const Format Q80{"q8_0_mm", 32, Q8_0::bytes, 32, 32, {q8_0_512_float, q8_0_512_bf16, NATURAL},
                  {q8_0_256_float, q8_0_256_bf16, NATURAL}};
+const Format Q50{"q5_0_mm", 32, Q5_0::bytes, 32, 32, {q5_0_512_float, q5_0_512_bf16, NATURAL},
+                 {q5_0_256_float, q5_0_256_bf16, NATURAL}};
+const Format Q40{"q4_0_mm", 32, Q4_0::bytes, 32, 32, {q4_0_512_float, q4_0_512_bf16, NATURAL},
+                 {q4_0_256_float, q4_0_256_bf16, NATURAL}};
 
 bool has_avx512() {
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -97,6 +105,8 @@ at::Tensor q4k_mm(const at::Tensor& x, const at::Tensor& w) { return run(x, w, Q
 at::Tensor q5k_mm(const at::Tensor& x, const at::Tensor& w) { return run(x, w, Q5K); }
 at::Tensor q6k_mm(const at::Tensor& x, const at::Tensor& w) { return run(x, w, Q6K); }
 at::Tensor q8_0_mm(const at::Tensor& x, const at::Tensor& w) { return run(x, w, Q80); }
+at::Tensor q5_0_mm(const at::Tensor& x, const at::Tensor& w) { return run(x, w, Q50); }
+at::Tensor q4_0_mm(const at::Tensor& x, const at::Tensor& w) { return run(x, w, Q40); }
 
 // "avx512" or "avx2": the kernels this process runs. `want` "avx2" switches to the AVX2 kernels
 // (tests run both on one machine); "avx512" switches back where the CPU has it; "" only asks.
@@ -114,5 +124,7 @@ TORCH_LIBRARY(gemma_lsp, m) {
   m.def("q5k_mm(Tensor x, Tensor w) -> Tensor", &gl::q5k_mm);
   m.def("q6k_mm(Tensor x, Tensor w) -> Tensor", &gl::q6k_mm);
   m.def("q8_0_mm(Tensor x, Tensor w) -> Tensor", &gl::q8_0_mm);
+  m.def("q5_0_mm(Tensor x, Tensor w) -> Tensor", &gl::q5_0_mm);
+  m.def("q4_0_mm(Tensor x, Tensor w) -> Tensor", &gl::q4_0_mm);
   m.def("isa(str want) -> str", &gl::isa);
 }
