@@ -43,7 +43,7 @@ def weights(qtype: T, n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, np.n
     return torch.from_numpy(pack(raw, n, k)), quants.dequantize(raw, qtype).reshape(n, k).astype(np.float64)
 
 
-SCALE = {T.Q8_0: 32, T.Q5_0: 32, T.Q4_0: 32}  # activations per int8 step: 32 for blocks of 32 (as llama.cpp), else 256
+STEP = 32  # activations per int8 step: each group of 32 has its own
 
 
 def blocks_of(a: torch.Tensor, size: int) -> torch.Tensor:
@@ -62,7 +62,7 @@ def int8_activations(x: torch.Tensor, scale: int) -> torch.Tensor:
 
 def check_against_references(y: torch.Tensor, x: torch.Tensor, ref: np.ndarray, qtype: T) -> None:
     """y within float32 rounding of the exact reference, and within Σ|w|·dx/2 of the float matmul."""
-    scale = SCALE.get(qtype, 256)
+    scale = STEP
     y = y.double().numpy()
     exact = int8_activations(x, scale).numpy() @ ref.T
     np.testing.assert_allclose(y, exact, rtol=1e-5, atol=1e-4 * np.abs(exact).max())
@@ -238,7 +238,8 @@ def test_the_two_instruction_sets_compute_the_same_values():
             native.isa("avx2")
             narrow = mm(x, w)
             native.isa("avx512")
-            torch.testing.assert_close(narrow, wide, rtol=1e-5, atol=1e-4)
+            # float32 sums in another order: rounding relative to the size of the terms summed
+            torch.testing.assert_close(narrow, wide, rtol=1e-5, atol=1e-5 * wide.abs().max().item())
     finally:
         native.isa(before)
 

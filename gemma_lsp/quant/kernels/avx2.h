@@ -12,16 +12,15 @@ void q45k_rows_256(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const R
   constexpr int bytes = Q5 ? Q5K_BYTES : Q4K_BYTES, qs = Q5 ? 52 : 20;
   const __m256i low = _mm256_set1_epi8(0x0F), sixteen = _mm256_set1_epi8(16);
   for (int64_t n = n0; n < n1; ++n) {
-    __m256 acc[M];
-    __m128 mins[M];
-    for (int m = 0; m < M; ++m) acc[m] = _mm256_setzero_ps(), mins[m] = _mm_setzero_ps();
+    __m256 acc[M], mins[M];
+    for (int m = 0; m < M; ++m) acc[m] = _mm256_setzero_ps(), mins[m] = _mm256_setzero_ps();
     const uint8_t* row = W + n * nb * bytes;
     for (int64_t b = 0; b < nb; ++b) {
       const uint8_t* blk = row + b * bytes;
       prefetch(blk, bytes);
       const float d = _cvtsh_ss(*(const uint16_t*)blk), dmin = _cvtsh_ss(*(const uint16_t*)(blk + 2));
       const uint8_t* sc = blk + 4;
-      const __m128i mn = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i*)(blk + 12)));
+      const __m256 mn = q4k_mins(blk + 12, dmin);
       __m256i q[8];
       for (int c = 0; c < 4; ++c) {  // 32 bytes: group 2c in the low nibbles, 2c+1 in the high
         const __m256i r = _mm256_loadu_si256((const __m256i*)(blk + qs + 32 * c));
@@ -40,17 +39,18 @@ void q45k_rows_256(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const R
       for (int m = 0; m < M; ++m) {
         const int64_t mb = (m0 + m) * nb + b;
         const int8_t* xb = x.q.data() + mb * QK;
-        __m256i t = _mm256_setzero_si256();  // Σ_g sc_g·Σ q·xq, spread over 8 lanes
+        const float* dv = x.dxv.data() + mb * 64;
+        __m256 s = _mm256_setzero_ps();  // Σ_g dx_g·sc_g·Σ q·xq, spread over 8 lanes
         for (int g = 0; g < 8; ++g) {
           const __m256i p = _mm256_maddubs_epi16(q[g], _mm256_loadu_si256((const __m256i*)(xb + 32 * g)));
-          t = _mm256_add_epi32(t, _mm256_madd_epi16(p, _mm256_set1_epi16(sc[g])));
+          const __m256i t = _mm256_madd_epi16(p, _mm256_set1_epi16(sc[g]));
+          s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_loadu_ps(dv + 8 * g), s);
         }
-        const float dx = x.dx[mb];
-        acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(d * dx), acc[m]);
-        mins[m] = q4k_mins(mins[m], mn, x.sum.data() + mb * 8, dmin * dx);
+        acc[m] = _mm256_fmadd_ps(s, _mm256_set1_ps(d), acc[m]);
+        mins[m] = _mm256_fmadd_ps(mn, _mm256_loadu_ps(x.gx.data() + mb * 8), mins[m]);
       }
     }
-    for (int m = 0; m < M; ++m) out[m * ldo + n] = static_cast<O>(hsum256(acc[m]) - hsum128(mins[m]));
+    for (int m = 0; m < M; ++m) out[m * ldo + n] = static_cast<O>(hsum256(acc[m]) - hsum256(mins[m]));
   }
 }
 
@@ -87,13 +87,17 @@ void q6k_rows_256(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Ro
       for (int m = 0; m < M; ++m) {
         const int64_t mb = (m0 + m) * nb + b;
         const int8_t* xb = x.q.data() + mb * QK;
-        __m256i t = _mm256_setzero_si256();  // Σ_j sc_j·Σ q·xq
-        for (int j = 0; j < 8; ++j)
-          t = _mm256_add_epi32(
-              t, _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], _mm256_loadu_si256((const __m256i*)(xb + 32 * j))), s[j]));
+        const float* dv = x.dxv.data() + mb * 64;
+        // 32·Σ_{j∈g} sc_j·Σ xq per group g (lane g), times dx_g, subtracted from the sum below
         const __m256i corr = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i*)(x.sum.data() + mb * 16)));
-        t = _mm256_sub_epi32(t, _mm256_slli_epi32(corr, 5));  // − 32·Σ_j sc_j·Σ xq
-        acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(d * x.dx[mb]), acc[m]);
+        __m256 f = _mm256_sub_ps(_mm256_setzero_ps(), _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_slli_epi32(corr, 5)),
+                                                                    _mm256_loadu_ps(x.dx.data() + mb * 8)));
+        for (int j = 0; j < 8; ++j) {  // + Σ_g dx_g·Σ_{j∈g} sc_j·Σ q·xq (group j: 32 weights)
+          const __m256i t =
+              _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], _mm256_loadu_si256((const __m256i*)(xb + 32 * j))), s[j]);
+          f = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_loadu_ps(dv + 8 * j), f);
+        }
+        acc[m] = _mm256_fmadd_ps(f, _mm256_set1_ps(d), acc[m]);
       }
     }
     for (int m = 0; m < M; ++m) out[m * ldo + n] = static_cast<O>(hsum256(acc[m]));

@@ -21,17 +21,18 @@ GL_AVX512 void q45k_rows_512(const uint8_t* W, int64_t n0, int64_t n1, int64_t n
   const __m512i pick13 = _mm512_add_epi16(pick02, _mm512_set1_epi16(1));
   const __m512i pick46 = _mm512_add_epi16(pick02, _mm512_set1_epi16(4));
   const __m512i pick57 = _mm512_add_epi16(pick02, _mm512_set1_epi16(5));
+  const __m512i zero = _mm512_setzero_si512();
   for (int64_t n = n0; n < n1; ++n) {
     __m512 acc[M];
-    __m128 mins[M];
-    for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps(), mins[m] = _mm_setzero_ps();
+    __m256 mins[M];
+    for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps(), mins[m] = _mm256_setzero_ps();
     const uint8_t* row = W + n * nb * bytes;
     for (int64_t b = 0; b < nb; ++b) {
       const uint8_t* blk = row + b * bytes;
       prefetch(blk, bytes);
       const float d = _cvtsh_ss(*(const uint16_t*)blk), dmin = _cvtsh_ss(*(const uint16_t*)(blk + 2));
       const __m512i sc = _mm512_broadcast_i32x4(_mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i*)(blk + 4))));
-      const __m128i mn = _mm_cvtepu8_epi16(_mm_loadl_epi64((const __m128i*)(blk + 12)));
+      const __m256 mn = q4k_mins(blk + 12, dmin);
       const __m512i s0 = _mm512_permutexvar_epi16(pick02, sc), s1 = _mm512_permutexvar_epi16(pick13, sc);
       const __m512i s2 = _mm512_permutexvar_epi16(pick46, sc), s3 = _mm512_permutexvar_epi16(pick57, sc);
       const __m512i r0 = _mm512_loadu_si512(blk + qs), r1 = _mm512_loadu_si512(blk + qs + 64);
@@ -48,17 +49,25 @@ GL_AVX512 void q45k_rows_512(const uint8_t* W, int64_t n0, int64_t n1, int64_t n
       for (int m = 0; m < M; ++m) {
         const int64_t mb = (m0 + m) * nb + b;
         const int8_t* xb = x.q.data() + mb * QK;
-        __m512i t = _mm512_setzero_si512();  // Σ_g sc_g·Σ q·xq, spread over 16 lanes
-        t = _mm512_dpwssd_epi32(t, _mm512_maddubs_epi16(q0, _mm512_loadu_si512(xb)), s0);
-        t = _mm512_dpwssd_epi32(t, _mm512_maddubs_epi16(q1, _mm512_loadu_si512(xb + 64)), s1);
-        t = _mm512_dpwssd_epi32(t, _mm512_maddubs_epi16(q2, _mm512_loadu_si512(xb + 128)), s2);
-        t = _mm512_dpwssd_epi32(t, _mm512_maddubs_epi16(q3, _mm512_loadu_si512(xb + 192)), s3);
-        const float dx = x.dx[mb];
-        acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_set1_ps(d * dx), acc[m]);
-        mins[m] = q4k_mins(mins[m], mn, x.sum.data() + mb * 8, dmin * dx);
+        const float* dv = x.dxv.data() + mb * 64;
+        // Σ_g dx_g·sc_g·Σ q·xq: each product holds two groups (lanes 0..7, 8..15), as dv does
+        __m512 s = _mm512_mul_ps(
+            _mm512_cvtepi32_ps(_mm512_dpwssd_epi32(zero, _mm512_maddubs_epi16(q0, _mm512_loadu_si512(xb)), s0)),
+            _mm512_loadu_ps(dv));
+        s = _mm512_fmadd_ps(
+            _mm512_cvtepi32_ps(_mm512_dpwssd_epi32(zero, _mm512_maddubs_epi16(q1, _mm512_loadu_si512(xb + 64)), s1)),
+            _mm512_loadu_ps(dv + 16), s);
+        s = _mm512_fmadd_ps(
+            _mm512_cvtepi32_ps(_mm512_dpwssd_epi32(zero, _mm512_maddubs_epi16(q2, _mm512_loadu_si512(xb + 128)), s2)),
+            _mm512_loadu_ps(dv + 32), s);
+        s = _mm512_fmadd_ps(
+            _mm512_cvtepi32_ps(_mm512_dpwssd_epi32(zero, _mm512_maddubs_epi16(q3, _mm512_loadu_si512(xb + 192)), s3)),
+            _mm512_loadu_ps(dv + 48), s);
+        acc[m] = _mm512_fmadd_ps(s, _mm512_set1_ps(d), acc[m]);
+        mins[m] = _mm256_fmadd_ps(mn, _mm256_loadu_ps(x.gx.data() + mb * 8), mins[m]);
       }
     }
-    for (int m = 0; m < M; ++m) out[m * ldo + n] = static_cast<O>(_mm512_reduce_add_ps(acc[m]) - hsum128(mins[m]));
+    for (int m = 0; m < M; ++m) out[m * ldo + n] = static_cast<O>(_mm512_reduce_add_ps(acc[m]) - hsum256(mins[m]));
   }
 }
 
@@ -72,9 +81,11 @@ GL_AVX512 void q6k_rows_512(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb
   const __m512i pick[4] = {pick0, _mm512_add_epi16(pick0, _mm512_set1_epi16(4)),
                            _mm512_add_epi16(pick0, _mm512_set1_epi16(8)),
                            _mm512_add_epi16(pick0, _mm512_set1_epi16(12))};
+  const __m512i zero = _mm512_setzero_si512();
   for (int64_t n = n0; n < n1; ++n) {
     __m512 acc[M];
-    for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps();
+    __m256 offs[M];  // the −32 term, 8 lanes: one per group of 32
+    for (int m = 0; m < M; ++m) acc[m] = _mm512_setzero_ps(), offs[m] = _mm256_setzero_ps();
     const uint8_t* row = W + n * nb * Q6K_BYTES;
     for (int64_t b = 0; b < nb; ++b) {
       const uint8_t* blk = row + b * Q6K_BYTES;
@@ -99,16 +110,20 @@ GL_AVX512 void q6k_rows_512(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb
       for (int m = 0; m < M; ++m) {
         const int64_t mb = (m0 + m) * nb + b;
         const int8_t* xb = x.q.data() + mb * QK;
-        __m512i t = _mm512_setzero_si512();  // Σ_j sc_j·Σ q·xq
+        const float* dv = x.dxv.data() + mb * 64;
+        __m512 f = _mm512_setzero_ps();  // Σ_g dx_g·Σ_{j∈g} sc_j·Σ q·xq: two groups per product
         for (int j = 0; j < 4; ++j)
-          t = _mm512_dpwssd_epi32(t, _mm512_maddubs_epi16(q[j], _mm512_loadu_si512(xb + 64 * j)), s[j]);
-        // − 32·Σ_j sc_j·Σ xq: 8 int32 lanes, subtracted from the low half
+          f = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpwssd_epi32(
+                                  zero, _mm512_maddubs_epi16(q[j], _mm512_loadu_si512(xb + 64 * j)), s[j])),
+                              _mm512_loadu_ps(dv + 16 * j), f);
+        // 32·Σ_{j∈g} sc_j·Σ xq per group g (lane g), times dx_g
         const __m256i corr = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i*)(x.sum.data() + mb * 16)));
-        t = _mm512_sub_epi32(t, _mm512_zextsi256_si512(_mm256_slli_epi32(corr, 5)));
-        acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_set1_ps(d * x.dx[mb]), acc[m]);
+        const __m256 c = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_slli_epi32(corr, 5)), _mm256_loadu_ps(x.dx.data() + mb * 8));
+        acc[m] = _mm512_fmadd_ps(f, _mm512_set1_ps(d), acc[m]);
+        offs[m] = _mm256_fmadd_ps(c, _mm256_set1_ps(d), offs[m]);
       }
     }
-    for (int m = 0; m < M; ++m) out[m * ldo + n] = static_cast<O>(_mm512_reduce_add_ps(acc[m]));
+    for (int m = 0; m < M; ++m) out[m * ldo + n] = static_cast<O>(_mm512_reduce_add_ps(acc[m]) - hsum256(offs[m]));
   }
 }
 
@@ -119,10 +134,6 @@ template <int M, typename O, typename F>
 GL_AVX512 void b32_rows_512(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Rows& x, int64_t m0, O* out,
               int64_t ldo) {
   const __m512i zero = _mm512_setzero_si512();
-  // float lane indices: dx of block 2p in lanes 0..7, of block 2p+1 in lanes 8..15
-  const __m512i pick0 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-  const __m512i pick[4] = {pick0, _mm512_add_epi32(pick0, _mm512_set1_epi32(2)),
-                           _mm512_add_epi32(pick0, _mm512_set1_epi32(4)), _mm512_add_epi32(pick0, _mm512_set1_epi32(6))};
   const int64_t full = nb / 8;
   const int tail = (int)(nb % 8);
   for (int64_t n = n0; n < n1; ++n) {
@@ -148,11 +159,11 @@ GL_AVX512 void b32_rows_512(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb
       for (int m = 0; m < M; ++m) {
         const int64_t mb = (m0 + m) * x.nb + b;
         const int8_t* xb = x.q.data() + mb * QK;
-        const __m512 dx = _mm512_castps256_ps512(_mm256_loadu_ps(x.dx.data() + mb * 8));
+        const float* dx = x.dxv.data() + mb * 64;  // dx_{2p} in lanes 0..7, dx_{2p+1} in 8..15
         for (int p = 0; p < 4; ++p) {  // Σ_g d_g·dx_g·Σ q'·xq, spread over 16 lanes
           const __m512i xv = _mm512_loadu_si512(xb + 64 * p);
           const __m512i t = _mm512_dpbusd_epi32(zero, aw[p], _mm512_mask_sub_epi8(xv, neg[p], zero, xv));
-          acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(dv[p], _mm512_permutexvar_ps(pick[p], dx)), acc[m]);
+          acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(dv[p], _mm512_loadu_ps(dx + 16 * p)), acc[m]);
         }
       }
     }

@@ -47,20 +47,19 @@ struct Format {
   const char* name;
   int block_weights, block_bytes;  // a block of the weights tensor [N, K / block_weights, block_bytes]
   int group;        // weights per (scale, min) group: Σ xq is kept per group
-  int scale;        // activations per int8 step dx
   Kernels wide, narrow;  // AVX512, AVX2
 };
 
-const Format Q4K{"q4k_mm", QK, Q4K_BYTES, 32, QK, {q4k_512_float, q4k_512_bf16, Q4K_ORDER_512},
+const Format Q4K{"q4k_mm", QK, Q4K_BYTES, 32, {q4k_512_float, q4k_512_bf16, Q4K_ORDER_512},
                  {q4k_256_float, q4k_256_bf16, NATURAL}};
-const Format Q5K{"q5k_mm", QK, Q5K_BYTES, 32, QK, {q5k_512_float, q5k_512_bf16, Q4K_ORDER_512},
+const Format Q5K{"q5k_mm", QK, Q5K_BYTES, 32, {q5k_512_float, q5k_512_bf16, Q4K_ORDER_512},
                  {q5k_256_float, q5k_256_bf16, NATURAL}};
-const Format Q6K{"q6k_mm", QK, Q6K_BYTES, 16, QK, {q6k_512_float, q6k_512_bf16, NATURAL}, {q6k_256_float, q6k_256_bf16, NATURAL}};
-const Format Q80{"q8_0_mm", 32, Q8_0::bytes, 32, 32, {q8_0_512_float, q8_0_512_bf16, NATURAL},
+const Format Q6K{"q6k_mm", QK, Q6K_BYTES, 16, {q6k_512_float, q6k_512_bf16, NATURAL}, {q6k_256_float, q6k_256_bf16, NATURAL}};
+const Format Q80{"q8_0_mm", 32, Q8_0::bytes, 32, {q8_0_512_float, q8_0_512_bf16, NATURAL},
                  {q8_0_256_float, q8_0_256_bf16, NATURAL}};
-const Format Q50{"q5_0_mm", 32, Q5_0::bytes, 32, 32, {q5_0_512_float, q5_0_512_bf16, NATURAL},
+const Format Q50{"q5_0_mm", 32, Q5_0::bytes, 32, {q5_0_512_float, q5_0_512_bf16, NATURAL},
                  {q5_0_256_float, q5_0_256_bf16, NATURAL}};
-const Format Q40{"q4_0_mm", 32, Q4_0::bytes, 32, 32, {q4_0_512_float, q4_0_512_bf16, NATURAL},
+const Format Q40{"q4_0_mm", 32, Q4_0::bytes, 32, {q4_0_512_float, q4_0_512_bf16, NATURAL},
                  {q4_0_256_float, q4_0_256_bf16, NATURAL}};
 
 bool has_avx512() {
@@ -71,10 +70,9 @@ bool has_avx512() {
 bool use_512 = has_avx512();  // one choice per process: every forward runs the same kernels
 
 template <typename T>
-at::Tensor run_typed(const at::Tensor& x, const at::Tensor& w, const Kernel<T>* table, const int* order, int group,
-                     int scale) {
+at::Tensor run_typed(const at::Tensor& x, const at::Tensor& w, const Kernel<T>* table, const int* order, int group) {
   const int64_t K = x.size(-1), N = w.size(0), nb = w.size(1), M = x.numel() / K;
-  const Rows rows = quantize(x.data_ptr<T>(), M, K, order, group, scale);
+  const Rows rows = quantize(x.data_ptr<T>(), M, K, order, group);
   at::Tensor out = at::empty({M, N}, x.options());
   T* o = out.data_ptr<T>();
   const uint8_t* W = w.data_ptr<uint8_t>();
@@ -94,8 +92,8 @@ at::Tensor run(const at::Tensor& x_, const at::Tensor& w, const Format& f) {
   // bf16 in and out as they are; any other dtype through float32
   const bool is_bf16 = x_.scalar_type() == at::kBFloat16;
   const at::Tensor x = (is_bf16 ? x_ : x_.to(at::kFloat)).reshape({-1, K}).contiguous();
-  at::Tensor out = is_bf16 ? run_typed<bf16>(x, w, k.b16, k.order, f.group, f.scale)
-                           : run_typed<float>(x, w, k.f32, k.order, f.group, f.scale);
+  at::Tensor out = is_bf16 ? run_typed<bf16>(x, w, k.b16, k.order, f.group)
+                           : run_typed<float>(x, w, k.f32, k.order, f.group);
   auto sizes = x_.sizes().vec();
   sizes.back() = N;
   return out.to(x_.scalar_type()).reshape(sizes);
