@@ -7,6 +7,8 @@ import platform
 import shutil
 import sys
 
+BLOCK_TYPES = "Q4_K/Q5_K/Q6_K/Q8_0/Q5_0/Q4_0"  # what quant/kernels/ runs
+
 
 def _version(dist: str) -> str | None:
     try:
@@ -31,7 +33,7 @@ def doctor() -> int:
         dev = f"cuda ({torch.cuda.get_device_name(0)})" if cuda else "cpu"
         print(f"device        {dev}; torch build {'CUDA ' + str(torch.version.cuda) if torch.version.cuda else 'CPU-only'}")
         print(f"threads       {torch.get_num_threads()}  cpu capability {torch.backends.cpu.get_cpu_capability()}")
-        auto = "bfloat16" if cuda else "gguf for GGUF models (Q4_K/Q5_K/Q6_K/Q8_0 decode, bf16 prompt pass), else bfloat16"
+        auto = "bfloat16" if cuda else f"gguf for GGUF models ({BLOCK_TYPES} decode, bf16 prompt pass), else bfloat16"
         print(f"dtype         auto = {auto}; speculative output is bit-exact on the GGUF path of "
               "Qwen2/Llama models and in float32")
     except ImportError:
@@ -66,7 +68,7 @@ def doctor() -> int:
     state = "not used" if why_not else "built" if native.built() else "not built yet"
     sets = "AVX512-VNNI" if "avx512_vnni" in native.cpu_flags() else "AVX2"
     print(f"CPU kernels   {state}{f': {why_not}' if why_not else f' ({sets})'} "
-          "(Q4_K/Q5_K/Q6_K/Q8_0 decode; else torch's int4/int8 kernels, slower)")
+          f"({BLOCK_TYPES} decode; else torch's int4/int8 kernels, slower)")
     if not why_not and not native.built():
         problems.append(("gemma-lsp's CPU kernels are not built yet (they will be on first use, ~20 s)",
                          "gemma-lsp prepare"))

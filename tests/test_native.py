@@ -1,11 +1,12 @@
-"""gemma-lsp's own Q4_K / Q5_K / Q6_K / Q8_0 kernels (quant/kernels/, AVX512 and AVX2) on random blocks shaped like a GGUF's.
+"""gemma-lsp's own kernels (quant/kernels/: Q4_K, Q5_K, Q6_K, Q8_0, Q5_0, Q4_0; AVX512 and AVX2) on
+random blocks shaped like a GGUF's.
 
 Two references, both from the gguf package's dequantizer (the one llama.cpp's Python tools use):
-  * exact: the activations quantized per 256 values as the kernel does (round half to even of
+  * exact: the activations quantized per 32 values as the kernel does (round half to even of
     x·127/max|x|), times the dequantized weights, in float64. The kernel's integer sums are
-    exact, so only float32 accumulation over blocks separates them.
+    exact, so only float32 accumulation over groups and blocks separates them.
   * the float matmul: the gap may not exceed Σ|w|·dx/2 per output, the most that rounding each
-    activation to its int8 step (dx = max|x|/127 of its block) can move it.
+    activation to its int8 step (dx = max|x|/127 of its 32 values) can move it.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Decode on a CPU is bound by the bytes of weights read per token: bf16 reads 2 bytes
 per weight, torch's int8 1, its int4 0.5 (+ 4 bytes of scale and zero per 32 weights),
 a Q4_K block 0.58, Q5_K 0.70, Q6_K 0.82, Q8_0 1.06, Q5_0 0.69 and Q4_0 0.56. BlockLinear runs gemma-lsp's kernels
-on the blocks (activations rounded to int8 per 256); Int4Linear and Int8Linear run torch's
+on the blocks (activations rounded to int8 per 32 values); Int4Linear and Int8Linear run torch's
 (activations in floating point), where those kernels cannot run.
 """
 
