@@ -22,9 +22,13 @@ from test_quant import random_blocks
 
 pytestmark = pytest.mark.skipif(not native.available(), reason=f"native kernels: {native.status()}")
 
-KERNELS = {T.Q4_K: (native.repack_q4_k, native.q4k_mm), T.Q5_K: (native.repack_q5_k, native.q5k_mm),
-           T.Q6_K: (native.q6_k_blocks, native.q6k_mm), T.Q8_0: (native.q8_0_blocks, native.q8_0_mm),
-           T.Q5_0: (native.q5_0_blocks, native.q5_0_mm), T.Q4_0: (native.q4_0_blocks, native.q4_0_mm)}
+def op(kind: str):
+    return lambda x, w: native.mm(kind, x, w)
+
+
+KERNELS = {T.Q4_K: (native.repack_q4_k, op("q4k")), T.Q5_K: (native.repack_q5_k, op("q5k")),
+           T.Q6_K: (native.q6_k_blocks, op("q6k")), T.Q8_0: (native.q8_0_blocks, op("q8_0")),
+           T.Q5_0: (native.q5_0_blocks, op("q5_0")), T.Q4_0: (native.q4_0_blocks, op("q4_0"))}
 
 
 @pytest.fixture(params=["avx512", "avx2"])
@@ -116,13 +120,13 @@ def test_each_row_is_computed_alone(qtype, dtype, isa):
 def test_zero_rows_and_wrong_shapes(isa):
     w8, _ = weights(T.Q8_0, 16, 96)
     with pytest.raises(RuntimeError, match="features"):
-        native.q8_0_mm(torch.zeros(1, 128), w8)
+        native.mm("q8_0", torch.zeros(1, 128), w8)
     w, _ = weights(T.Q4_K, 16, 256)
-    assert torch.equal(native.q4k_mm(torch.zeros(2, 256), w), torch.zeros(2, 16))
+    assert torch.equal(native.mm("q4k", torch.zeros(2, 256), w), torch.zeros(2, 16))
     with pytest.raises(RuntimeError, match="features"):
-        native.q4k_mm(torch.zeros(1, 512), w)
+        native.mm("q4k", torch.zeros(1, 512), w)
     with pytest.raises(RuntimeError, match="148"):
-        native.q4k_mm(torch.zeros(1, 256), w.view(16, 1, 2, 74))
+        native.mm("q4k", torch.zeros(1, 256), w.view(16, 1, 2, 74))
 
 
 MIXES = {  # (type of every Linear but down_proj, type of down_proj), hidden size

@@ -94,8 +94,6 @@ class BlockLinear(nn.Module):
     # (weights, bytes) per block as the kernels read them: [N, K / weights, bytes]
     KINDS = {"q4k": (256, 148), "q5k": (256, 180), "q6k": (256, 210), "q8_0": (32, 34), "q5_0": (32, 22),
              "q4_0": (32, 18)}
-    MM = {"q4k": native.q4k_mm, "q5k": native.q5k_mm, "q6k": native.q6k_mm, "q8_0": native.q8_0_mm,
-          "q5_0": native.q5_0_mm, "q4_0": native.q4_0_mm}
 
     def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype, kind: str) -> None:
         super().__init__()
@@ -109,7 +107,7 @@ class BlockLinear(nn.Module):
         self.blocks = _aligned(blocks.reshape(self.blocks.shape))  # [N, K / weights, bytes], whatever the file's shape
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.MM[self.kind](x, self.blocks)
+        y = native.mm(self.kind, x, self.blocks)
         return y if self.bias is None else y + self.bias
 
 

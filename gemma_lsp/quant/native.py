@@ -121,28 +121,9 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def q4k_mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return torch.ops.gemma_lsp.q4k_mm(x, w)
-
-
-def q5k_mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return torch.ops.gemma_lsp.q5k_mm(x, w)
-
-
-def q6k_mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return torch.ops.gemma_lsp.q6k_mm(x, w)
-
-
-def q8_0_mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return torch.ops.gemma_lsp.q8_0_mm(x, w)
-
-
-def q5_0_mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return torch.ops.gemma_lsp.q5_0_mm(x, w)
-
-
-def q4_0_mm(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    return torch.ops.gemma_lsp.q4_0_mm(x, w)
+def mm(kind: str, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """y = x · dequant(w)ᵀ for blocks of `kind` (q4k, q5k, q6k, q8_0, q5_0, q4_0: linear.BlockLinear.KINDS)."""
+    return getattr(torch.ops.gemma_lsp, f"{kind}_mm")(x, w)
 
 
 def repack_q4_k(raw: np.ndarray, n: int, k: int) -> np.ndarray:
