@@ -105,24 +105,44 @@ void q6k_rows_256(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Ro
 }
 
 // Blocks of 32 (Q8_0, Q5_0, Q4_0: common.h), read as stored, one block per vector. nb counts
-// blocks of 32 here; activations come in blocks of 256, the last one possibly shorter.
+// blocks of 32 here; whole groups of 8 are unpacked once for all rows, the rest run in b32_dot.
 template <int M, typename O, typename F>
 void b32_rows_256(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Rows& x, int64_t m0, O* out,
                   int64_t ldo) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  const int64_t full = nb / 8;
+  const int tail = (int)(nb % 8);
   for (int64_t n = n0; n < n1; ++n) {
     __m256 acc[M];
     for (int m = 0; m < M; ++m) acc[m] = _mm256_setzero_ps();
     const uint8_t* row = W + n * nb * F::bytes;
-    for (int64_t b = 0; b * 8 < nb; ++b) {
+    for (int64_t b = 0; b < full; ++b) {
       const uint8_t* blk = row + b * 8 * F::bytes;
-      const int groups = (int)std::min<int64_t>(8, nb - b * 8);
       prefetch(blk, 8 * F::bytes);
+      __m256i w[8], aw[8];
+      float d[8];
+      for (int g = 0; g < 8; ++g) {
+        w[g] = F::weights(blk + F::bytes * g);
+        aw[g] = _mm256_sign_epi8(w[g], w[g]);  // |q'| as unsigned bytes (|−128| = 128 fits)
+        d[g] = _cvtsh_ss(*(const uint16_t*)(blk + F::bytes * g));
+      }
 #pragma GCC unroll 8
       for (int m = 0; m < M; ++m) {
         const int64_t mb = (m0 + m) * x.nb + b;
-        acc[m] = b32_dot<F>(blk, x.q.data() + mb * QK, x.dx.data() + mb * 8, groups, acc[m]);
+        const int8_t* xb = x.q.data() + mb * QK;
+        const float* dx = x.dx.data() + mb * 8;
+        for (int g = 0; g < 8; ++g) {  // Σ_g d_g·dx_g·Σ q'·xq, as b32_dot
+          const __m256i xs = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i*)(xb + 32 * g)), w[g]);
+          const __m256i t = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[g], xs), ones);
+          acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(d[g] * dx[g]), acc[m]);
+        }
       }
     }
+    if (tail)
+      for (int m = 0; m < M; ++m) {
+        const int64_t mb = (m0 + m) * x.nb + full;
+        acc[m] = b32_dot<F>(row + full * 8 * F::bytes, x.q.data() + mb * QK, x.dx.data() + mb * 8, tail, acc[m]);
+      }
     for (int m = 0; m < M; ++m) out[m * ldo + n] = static_cast<O>(hsum256(acc[m]));
   }
 }

@@ -150,8 +150,8 @@ struct Q5_0 {
 };
 
 // d_g·dx_g·Σ q'·xq over `groups` blocks of 32 (in 8 float lanes): |q'| × (xq·sign q') as the
-// u8 × s8 instructions take them (at most 2·128·127 per pair: inside int16). The AVX2 kernels
-// run every block this way; the AVX512 ones the blocks past the last whole 256.
+// u8 × s8 instructions take them (at most 2·128·127 per pair: inside int16). The kernels run
+// the blocks past the last whole 256 this way.
 template <typename F>
 inline __m256 b32_dot(const uint8_t* blk, const int8_t* xb, const float* dx, int groups, __m256 s) {
   for (int g = 0; g < groups; ++g) {
