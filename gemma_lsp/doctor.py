@@ -7,7 +7,7 @@ import platform
 import shutil
 import sys
 
-BLOCK_TYPES = "Q4_K/Q5_K/Q6_K/Q8_0/Q5_0/Q4_0"  # what quant/kernels/ runs
+BLOCK_TYPES = "Q4_K/Q5_K/Q6_K/Q8_0/Q5_0/Q4_0/Q4_1/Q5_1"  # what quant/kernels/ runs
 
 
 def _version(dist: str) -> str | None:

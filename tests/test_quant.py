@@ -34,8 +34,8 @@ def random_blocks(qtype: T, n: int, k: int, seed: int = 0) -> np.ndarray:
         raw[:, 0:4] = d.reshape(-1, 4)  # d and dmin
     elif qtype == T.Q4_0:
         raw[:, 0:2] = d[:, :2]
-    elif qtype == T.Q4_1:
-        raw[:, 0:4] = d.reshape(-1, 4)
+    elif qtype in (T.Q4_1, T.Q5_1):
+        raw[:, 0:4] = d.reshape(-1, 4)  # d and m
     elif qtype == T.Q6_K:
         raw[:, -2:] = d[:, :2]
     elif qtype in (T.Q8_0, T.Q5_0):

@@ -1,7 +1,7 @@
 """Keep a GGUF's own quantized weights next to its bf16 copy, and run them.
 
 `build()` runs once per model (at `prepare`, ~30 s): every Linear weight of the GGUF is
-saved in one safetensors file inside the prepared directory: Q4_K / Q5_K / Q6_K / Q8_0 / Q5_0 / Q4_0 blocks as
+saved in one safetensors file inside the prepared directory: the blocks of the types they run as
 gemma-lsp's kernels read them (native.py), other types in torch's int4 / int8 CPU form
 (blocks.py). Where the kernels cannot run at build time, the blocks get torch's form as
 well; where they stop running later (GEMMA_LSP_NATIVE=0, another CPU), attach converts.
@@ -31,15 +31,16 @@ from . import blocks, lean, native
 from .linear import BlockLinear, HybridLinear, Int4Linear, Int8Linear, nibbles, unnibble
 
 QUANT_FILE = "gguf-weights.safetensors"
-# /2 added Q4_K and Q6_K blocks, /3 Q5_K, Q8_0, Q5_0 and Q4_0. An older file still runs (types it holds no
+# /2 added Q4_K and Q6_K blocks, /3 Q5_K, Q8_0, Q5_0, Q4_0, Q4_1 and Q5_1. An older file still runs (types it holds no
 # blocks for on torch's kernels); `prepare` and the first load rebuild it.
 FORMAT = "gemma-lsp-gguf-weights/3"
 READS = ("gemma-lsp-gguf-weights/1", "gemma-lsp-gguf-weights/2", FORMAT)
 BLOCKS = {blocks.T.Q4_K: ("q4k", native.repack_q4_k), blocks.T.Q5_K: ("q5k", native.repack_q5_k),
           blocks.T.Q6_K: ("q6k", native.q6_k_blocks), blocks.T.Q8_0: ("q8_0", native.q8_0_blocks),
-          blocks.T.Q5_0: ("q5_0", native.q5_0_blocks), blocks.T.Q4_0: ("q4_0", native.q4_0_blocks)}
+          blocks.T.Q5_0: ("q5_0", native.q5_0_blocks), blocks.T.Q4_0: ("q4_0", native.q4_0_blocks),
+          blocks.T.Q4_1: ("q4_1", native.q4_1_blocks), blocks.T.Q5_1: ("q5_1", native.q5_1_blocks)}
 KINDS = tuple(kind for kind, _ in BLOCKS.values())
-AS_STORED = {"q6k": blocks.T.Q6_K, "q8_0": blocks.T.Q8_0, "q5_0": blocks.T.Q5_0}  # blocks kept in the file's layout
+AS_STORED = {"q6k": blocks.T.Q6_K, "q8_0": blocks.T.Q8_0, "q5_0": blocks.T.Q5_0, "q5_1": blocks.T.Q5_1}  # file's layout
 INT4_ROWS = 16  # _convert_weight_to_int4pack_for_cpu: "expect N to be dividable by 16"
 
 
@@ -173,10 +174,10 @@ def attach(model: nn.Module, path: Path, max_rows: int = 8) -> dict[str, int]:
 
 
 def _torch_form(kind: str, data: np.ndarray, n: int, k: int, dtype: torch.dtype) -> Int4Linear | Int8Linear:
-    """Blocks as torch's int4 (Q4_K, Q4_0: exactly, where N allows) or int8-per-row (the rest) kernels take them."""
-    if kind in ("q4k", "q4_0"):
+    """Blocks as torch's int4 (Q4_K, Q4_0, Q4_1: exactly, where N allows) or int8-per-row (the rest) kernels take them."""
+    if kind in ("q4k", "q4_0", "q4_1"):
         w4 = (blocks.int4_from_q4_k_unpacked(data, n, k) if kind == "q4k"
-              else blocks.int4_from_q4_0(data.reshape(n, -1), n, k))
+              else blocks.convert(data.reshape(n, -1), blocks.T.Q4_0 if kind == "q4_0" else blocks.T.Q4_1, n, k))
         if n % INT4_ROWS == 0:
             q = Int4Linear(k, n, False, dtype)
             q.set_weight(torch.from_numpy(w4.q), torch.from_numpy(w4.scale), torch.from_numpy(w4.zero))

@@ -122,7 +122,7 @@ def cpu_flags() -> set[str]:
 
 
 def mm(kind: str, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """y = x · dequant(w)ᵀ for blocks of `kind` (q4k, q5k, q6k, q8_0, q5_0, q4_0: linear.BlockLinear.KINDS)."""
+    """y = x · dequant(w)ᵀ for blocks of `kind` (q4k, q5k, q6k, q8_0, q5_0, q4_0, q4_1, q5_1: BlockLinear.KINDS)."""
     return getattr(torch.ops.gemma_lsp, f"{kind}_mm")(x, w)
 
 
@@ -149,7 +149,7 @@ def repack_q5_k(raw: np.ndarray, n: int, k: int) -> np.ndarray:
 
 
 def blocks_of_32(size: int):
-    """GGUF Q8_0 (34 bytes), Q5_0 (22) or Q4_0 (18) rows as [N, K/32, size]: the file's blocks
+    """GGUF Q8_0 (34 bytes), Q5_0 (22), Q4_0 (18), Q4_1 (20) or Q5_1 (24) rows as [N, K/32, size]: the file's blocks
     unchanged (K a multiple of 32, not necessarily of 256: Qwen2.5-Coder-0.5B's 896, Gemma 3
     270M's 640)."""
 
@@ -160,6 +160,7 @@ def blocks_of_32(size: int):
 
 
 q8_0_blocks, q5_0_blocks, q4_0_blocks = blocks_of_32(34), blocks_of_32(22), blocks_of_32(18)
+q4_1_blocks, q5_1_blocks = blocks_of_32(20), blocks_of_32(24)
 
 
 def q6_k_blocks(raw: np.ndarray, n: int, k: int) -> np.ndarray:

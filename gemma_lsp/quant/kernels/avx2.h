@@ -104,7 +104,7 @@ void q6k_rows_256(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Ro
   }
 }
 
-// Blocks of 32 (Q8_0, Q5_0, Q4_0: common.h), read as stored, one block per vector. nb counts
+// Blocks of 32 (Q8_0, Q5_0, Q4_0, Q4_1, Q5_1: common.h), read as stored, one block per vector. nb counts
 // blocks of 32 here; whole groups of 8 are unpacked once for all rows, the rest run in b32_dot.
 template <int M, typename O, typename F>
 void b32_rows_256(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Rows& x, int64_t m0, O* out,
@@ -126,6 +126,7 @@ void b32_rows_256(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Ro
         aw[g] = _mm256_sign_epi8(w[g], w[g]);  // |q'| as unsigned bytes (|−128| = 128 fits)
         d[g] = _cvtsh_ss(*(const uint16_t*)(blk + F::bytes * g));
       }
+      const __m256 mins = F::has_min ? b32_mins<F>(blk) : _mm256_setzero_ps();
 #pragma GCC unroll 8
       for (int m = 0; m < M; ++m) {
         const int64_t mb = (m0 + m) * x.nb + b;
@@ -136,12 +137,14 @@ void b32_rows_256(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Ro
           const __m256i t = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[g], xs), ones);
           acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(d[g] * dx[g]), acc[m]);
         }
+        if constexpr (F::has_min) acc[m] = _mm256_fmadd_ps(mins, _mm256_loadu_ps(x.gx.data() + mb * 8), acc[m]);
       }
     }
     if (tail)
       for (int m = 0; m < M; ++m) {
         const int64_t mb = (m0 + m) * x.nb + full;
-        acc[m] = b32_dot<F>(row + full * 8 * F::bytes, x.q.data() + mb * QK, x.dx.data() + mb * 8, tail, acc[m]);
+        acc[m] = b32_dot<F>(row + full * 8 * F::bytes, x.q.data() + mb * QK, x.dx.data() + mb * 8,
+                            x.gx.data() + mb * 8, tail, acc[m]);
       }
     for (int m = 0; m < M; ++m) out[m * ldo + n] = static_cast<O>(hsum256(acc[m]));
   }

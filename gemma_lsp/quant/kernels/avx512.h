@@ -127,7 +127,7 @@ GL_AVX512 void q6k_rows_512(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb
   }
 }
 
-// Blocks of 32 (Q8_0, Q5_0, Q4_0: common.h), read as stored: per 64 bytes of activations two
+// Blocks of 32 (Q8_0, Q5_0, Q4_0, Q4_1, Q5_1: common.h), read as stored: per 64 bytes of activations two
 // blocks' weights and scales. nb counts blocks of 32 here; whole groups of 8 run 512 bits wide,
 // the rest in b32_dot.
 template <int M, typename O, typename F>
@@ -155,6 +155,7 @@ GL_AVX512 void b32_rows_512(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb
         dv[p] = _mm512_mask_blend_ps(0xFF00, _mm512_set1_ps(_cvtsh_ss(*(const uint16_t*)g)),
                                      _mm512_set1_ps(_cvtsh_ss(*(const uint16_t*)(g + F::bytes))));
       }
+      const __m256 mins = F::has_min ? b32_mins<F>(blk) : _mm256_setzero_ps();
 #pragma GCC unroll 8
       for (int m = 0; m < M; ++m) {
         const int64_t mb = (m0 + m) * x.nb + b;
@@ -165,12 +166,14 @@ GL_AVX512 void b32_rows_512(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb
           const __m512i t = _mm512_dpbusd_epi32(zero, aw[p], _mm512_mask_sub_epi8(xv, neg[p], zero, xv));
           acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(dv[p], _mm512_loadu_ps(dx + 16 * p)), acc[m]);
         }
+        if constexpr (F::has_min) rest[m] = _mm256_fmadd_ps(mins, _mm256_loadu_ps(x.gx.data() + mb * 8), rest[m]);
       }
     }
     if (tail)
       for (int m = 0; m < M; ++m) {
         const int64_t mb = (m0 + m) * x.nb + full;
-        rest[m] = b32_dot<F>(row + full * 8 * F::bytes, x.q.data() + mb * QK, x.dx.data() + mb * 8, tail, rest[m]);
+        rest[m] = b32_dot<F>(row + full * 8 * F::bytes, x.q.data() + mb * QK, x.dx.data() + mb * 8,
+                             x.gx.data() + mb * 8, tail, rest[m]);
       }
     for (int m = 0; m < M; ++m) out[m * ldo + n] = static_cast<O>(_mm512_reduce_add_ps(acc[m]) + hsum256(rest[m]));
   }

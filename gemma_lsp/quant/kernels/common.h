@@ -1,13 +1,13 @@
 // GGUF quantized blocks times int8-quantized activations, for the few-row forwards of decode
 // and verify on x86 CPUs (AVX512-VNNI, or AVX2). Built at run time by native.py (torch's JIT
 // extension loader), registered as torch ops gemma_lsp::q4k_mm, q5k_mm, q6k_mm, q8_0_mm,
-// q5_0_mm and q4_0_mm (ops.cpp).
+// q5_0_mm, q4_0_mm, q4_1_mm and q5_1_mm (ops.cpp).
 //
 // Why: a one-token step is bound by the bytes of weights it reads. torch's int4 kernel
 // needs a bf16 scale and zero per 32 weights (5 bits per weight) and its int8 kernel 8;
 // these kernels read the file's own blocks: Q4_K at 4.625 bits and Q5_K at 5.625 (their
-// 6-bit scales unpacked to bytes), Q6_K at 6.5625, Q8_0 at 8.5, Q5_0 at 5.5 and Q4_0 at 4.5,
-// as stored. They multiply in integers (vpmaddubsw + vpdpwssd / vpmaddwd, vpdpbusd) so that
+// 6-bit scales unpacked to bytes), Q6_K at 6.5625, Q8_0 at 8.5, Q5_0 at 5.5, Q4_0 at 4.5,
+// Q4_1 at 5 and Q5_1 at 6, as stored. They multiply in integers (vpmaddubsw + vpdpwssd / vpmaddwd, vpdpbusd) so that
 // the work per byte stays below what memory delivers.
 //
 // Math. Each activation row is quantized per 32 values: x ≈ dx_g·xq, xq = round(x/dx_g) in
@@ -22,6 +22,7 @@
 //         Σ w·x ≈ d·Σ_g dx_g·(Σ_{j∈g} sc_j·Σ q·xq − 32·Σ_{j∈g} sc_j·Σ xq)
 //   Q8_0, Q5_0, Q4_0: w = d_g·q' (blocks of 32, one float16 d_g each; q' = q, q − 16, q − 8)
 //         Σ w·x ≈ Σ_g d_g·dx_g·Σ |q'|·(xq·sign q')   (u8 × s8 products, as the instructions take them)
+//   Q4_1, Q5_1: w = d_g·q + m_g, the same plus Σ_g m_g·dx_g·Σ xq
 // All sums within a group are exact in int32; groups and blocks accumulate in float32.
 //
 // Exactness across row counts. Output (m, n) is computed by the same instructions in the
@@ -116,50 +117,81 @@ inline __m256 q4k_mins(const uint8_t* mn, float dmin) {
 }
 
 // Blocks of 32 weights with one float16 d first: Q8_0 (w = d·q, q int8 as stored), Q5_0
-// (w = d·(q − 16), q = nibble + 16·bit of qh) and Q4_0 (w = d·(q − 8)). `weights` unpacks a
-// block to 32 int8 values q' (w = d·q'); one dot then serves all three. Nibbles: weight j < 16
-// in the low half of qs[j], weight j + 16 in the high half.
+// (w = d·(q − 16), q = nibble + 16·bit of qh), Q4_0 (w = d·(q − 8)), and with a float16 min m
+// after d, Q4_1 (w = d·q + m) and Q5_1 (w = d·q + m, q 5 bits). `weights` unpacks a block to
+// 32 int8 values q' (w = d·q' [+ m]); one dot then serves all five, the min adding m·dx·Σ xq
+// per block. Nibbles: weight j < 16 in the low half of qs[j], weight j + 16 in the high half.
 inline __m256i nibbles32(const uint8_t* qs) {
   const __m128i b = _mm_loadu_si128((const __m128i*)qs), low = _mm_set1_epi8(0x0F);
   return _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(b, 4), low), _mm_and_si128(b, low));
 }
 
+// 16 where bit j of the 32 bits at qh is set (byte j: weight j's fifth bit), else 0
+inline __m256i fifth_bits(const uint8_t* qh) {
+  uint32_t bits;
+  std::memcpy(&bits, qh, 4);
+  // byte j of the vector gets byte j/8 of the bits, then keeps only its bit j%8
+  const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)bits),
+                                             _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202,
+                                                               0x0101010101010101, 0x0000000000000000));
+  const __m256i bit = _mm256_set1_epi64x((int64_t)0x8040201008040201);
+  return _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(16));
+}
+
 struct Q8_0 {
+  static constexpr bool has_min = false;
   static constexpr int bytes = 34;  // d, qs[32]
   static __m256i weights(const uint8_t* b) { return _mm256_loadu_si256((const __m256i*)(b + 2)); }
 };
 
 struct Q4_0 {
+  static constexpr bool has_min = false;
   static constexpr int bytes = 18;  // d, qs[16]
   static __m256i weights(const uint8_t* b) { return _mm256_sub_epi8(nibbles32(b + 2), _mm256_set1_epi8(8)); }
 };
 
 struct Q5_0 {
-  static constexpr int bytes = 22;  // d, qh (32 bits, bit j: weight j's fifth bit), qs[16]
+  static constexpr bool has_min = false;
+  static constexpr int bytes = 22;  // d, qh (32 bits), qs[16]
   static __m256i weights(const uint8_t* b) {
-    uint32_t qh;
-    std::memcpy(&qh, b + 2, 4);
-    // byte j of the vector gets byte j/8 of qh, then keeps only its bit j%8
-    const __m256i spread = _mm256_shuffle_epi8(_mm256_set1_epi32((int)qh),
-                                               _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202,
-                                                                 0x0101010101010101, 0x0000000000000000));
-    const __m256i bit = _mm256_set1_epi64x((int64_t)0x8040201008040201);
-    const __m256i high = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit), _mm256_set1_epi8(16));
-    return _mm256_sub_epi8(_mm256_or_si256(nibbles32(b + 6), high), _mm256_set1_epi8(16));
+    return _mm256_sub_epi8(_mm256_or_si256(nibbles32(b + 6), fifth_bits(b + 2)), _mm256_set1_epi8(16));
   }
 };
+
+struct Q4_1 {
+  static constexpr bool has_min = true;
+  static constexpr int bytes = 20;  // d, m, qs[16]
+  static __m256i weights(const uint8_t* b) { return nibbles32(b + 4); }
+};
+
+struct Q5_1 {
+  static constexpr bool has_min = true;
+  static constexpr int bytes = 24;  // d, m, qh (32 bits), qs[16]
+  static __m256i weights(const uint8_t* b) { return _mm256_or_si256(nibbles32(b + 8), fifth_bits(b + 4)); }
+};
+
+// The mins m_g of 8 blocks of 32 as float lanes (a row's min term is then one multiply-add
+// with its gx: m_g·dx_g·Σ xq)
+template <typename F>
+inline __m256 b32_mins(const uint8_t* blk) {
+  float m[8];
+  for (int g = 0; g < 8; ++g) m[g] = _cvtsh_ss(*(const uint16_t*)(blk + F::bytes * g + 2));
+  return _mm256_loadu_ps(m);
+}
 
 // d_g·dx_g·Σ q'·xq over `groups` blocks of 32 (in 8 float lanes): |q'| × (xq·sign q') as the
 // u8 × s8 instructions take them (at most 2·128·127 per pair: inside int16). The kernels run
 // the blocks past the last whole 256 this way.
 template <typename F>
-inline __m256 b32_dot(const uint8_t* blk, const int8_t* xb, const float* dx, int groups, __m256 s) {
+inline __m256 b32_dot(const uint8_t* blk, const int8_t* xb, const float* dx, const float* gx, int groups, __m256 s) {
   for (int g = 0; g < groups; ++g) {
     const uint8_t* b = blk + F::bytes * g;
     const __m256i w = F::weights(b);
     const __m256i xs = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i*)(xb + 32 * g)), w);
     const __m256i t = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(w, w), xs), _mm256_set1_epi16(1));
     s = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(_cvtsh_ss(*(const uint16_t*)b) * dx[g]), s);
+    if constexpr (F::has_min)  // + m·dx·Σ xq, in lane 0
+      s = _mm256_add_ps(s, _mm256_set_ps(0, 0, 0, 0, 0, 0, 0, _cvtsh_ss(*(const uint16_t*)(b + 2)) * gx[g]));
   }
   return s;
 }

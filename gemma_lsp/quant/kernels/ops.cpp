@@ -30,12 +30,16 @@ GEMMA_LSP_TABLES(q6k_512, q6k_rows_512)
 GEMMA_LSP_TABLES(q8_0_512, b32_rows_512, Q8_0)
 GEMMA_LSP_TABLES(q5_0_512, b32_rows_512, Q5_0)
 GEMMA_LSP_TABLES(q4_0_512, b32_rows_512, Q4_0)
+GEMMA_LSP_TABLES(q4_1_512, b32_rows_512, Q4_1)
+GEMMA_LSP_TABLES(q5_1_512, b32_rows_512, Q5_1)
 GEMMA_LSP_TABLES(q4k_256, q45k_rows_256, false)
 GEMMA_LSP_TABLES(q5k_256, q45k_rows_256, true)
 GEMMA_LSP_TABLES(q6k_256, q6k_rows_256)
 GEMMA_LSP_TABLES(q8_0_256, b32_rows_256, Q8_0)
 GEMMA_LSP_TABLES(q5_0_256, b32_rows_256, Q5_0)
 GEMMA_LSP_TABLES(q4_0_256, b32_rows_256, Q4_0)
+GEMMA_LSP_TABLES(q4_1_256, b32_rows_256, Q4_1)
+GEMMA_LSP_TABLES(q5_1_256, b32_rows_256, Q5_1)
 
 struct Kernels {  // one block format on one instruction set
   const Kernel<float>* f32;
@@ -61,6 +65,10 @@ const Format Q50{"q5_0_mm", 32, Q5_0::bytes, 32, {q5_0_512_float, q5_0_512_bf16,
                  {q5_0_256_float, q5_0_256_bf16, NATURAL}};
 const Format Q40{"q4_0_mm", 32, Q4_0::bytes, 32, {q4_0_512_float, q4_0_512_bf16, NATURAL},
                  {q4_0_256_float, q4_0_256_bf16, NATURAL}};
+const Format Q41{"q4_1_mm", 32, Q4_1::bytes, 32, {q4_1_512_float, q4_1_512_bf16, NATURAL},
+                 {q4_1_256_float, q4_1_256_bf16, NATURAL}};
+const Format Q51{"q5_1_mm", 32, Q5_1::bytes, 32, {q5_1_512_float, q5_1_512_bf16, NATURAL},
+                 {q5_1_256_float, q5_1_256_bf16, NATURAL}};
 
 bool has_avx512() {
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -105,6 +113,8 @@ at::Tensor q6k_mm(const at::Tensor& x, const at::Tensor& w) { return run(x, w, Q
 at::Tensor q8_0_mm(const at::Tensor& x, const at::Tensor& w) { return run(x, w, Q80); }
 at::Tensor q5_0_mm(const at::Tensor& x, const at::Tensor& w) { return run(x, w, Q50); }
 at::Tensor q4_0_mm(const at::Tensor& x, const at::Tensor& w) { return run(x, w, Q40); }
+at::Tensor q4_1_mm(const at::Tensor& x, const at::Tensor& w) { return run(x, w, Q41); }
+at::Tensor q5_1_mm(const at::Tensor& x, const at::Tensor& w) { return run(x, w, Q51); }
 
 // "avx512" or "avx2": the kernels this process runs. `want` "avx2" switches to the AVX2 kernels
 // (tests run both on one machine); "avx512" switches back where the CPU has it; "" only asks.
@@ -124,5 +134,7 @@ TORCH_LIBRARY(gemma_lsp, m) {
   m.def("q8_0_mm(Tensor x, Tensor w) -> Tensor", &gl::q8_0_mm);
   m.def("q5_0_mm(Tensor x, Tensor w) -> Tensor", &gl::q5_0_mm);
   m.def("q4_0_mm(Tensor x, Tensor w) -> Tensor", &gl::q4_0_mm);
+  m.def("q4_1_mm(Tensor x, Tensor w) -> Tensor", &gl::q4_1_mm);
+  m.def("q5_1_mm(Tensor x, Tensor w) -> Tensor", &gl::q5_1_mm);
   m.def("isa(str want) -> str", &gl::isa);
 }
