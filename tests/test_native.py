@@ -171,7 +171,8 @@ def test_build_keeps_the_blocks_and_attach_runs_them(tiny_blocks):
     main, down = (BLOCKS[t][0] for t in tiny_blocks[2])
     with safe_open(tiny_blocks[0], "pt") as f:
         keys = set(f.keys())
-    assert {f"model.layers.0.self_attn.q_proj.{main}", f"model.layers.0.mlp.down_proj.{down}", f"lm_head.{main}"} <= keys
+    layer = "model.layers.0"
+    assert {f"{layer}.self_attn.q_proj.{main}", f"{layer}.mlp.down_proj.{down}", f"lm_head.{main}"} <= keys
     assert not any(k.endswith((".q4", ".q8")) for k in keys)  # torch's forms would only take disk here
     model, counts, dense = load_attached(tiny_blocks)
     want = {k: 0 for k in counts}

@@ -2,9 +2,10 @@
 
 Decode on a CPU is bound by the bytes of weights read per token: bf16 reads 2 bytes
 per weight, torch's int8 1, its int4 0.5 (+ 4 bytes of scale and zero per 32 weights),
-a Q4_K block 0.58, Q5_K 0.70, Q6_K 0.82, Q8_0 1.06, Q5_0 0.69, Q4_0 0.56, Q4_1 0.63 and Q5_1 0.75. BlockLinear runs gemma-lsp's kernels
-on the blocks (activations rounded to int8 per 32 values); Int4Linear and Int8Linear run torch's
-(activations in floating point), where those kernels cannot run.
+a Q4_K block 0.58, Q5_K 0.70, Q6_K 0.82, Q8_0 1.06, Q5_0 0.69, Q4_0 0.56, Q4_1 0.63 and
+Q5_1 0.75. BlockLinear runs gemma-lsp's kernels on the blocks (activations rounded to int8
+per 32 values); Int4Linear and Int8Linear run torch's (activations in floating point), where
+those kernels cannot run.
 """
 
 from __future__ import annotations

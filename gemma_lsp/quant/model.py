@@ -31,8 +31,8 @@ from . import blocks, lean, native
 from .linear import BlockLinear, HybridLinear, Int4Linear, Int8Linear, nibbles, unnibble
 
 QUANT_FILE = "gguf-weights.safetensors"
-# /2 added Q4_K and Q6_K blocks, /3 Q5_K, Q8_0, Q5_0, Q4_0, Q4_1 and Q5_1. An older file still runs (types it holds no
-# blocks for on torch's kernels); `prepare` and the first load rebuild it.
+# /2 added Q4_K and Q6_K blocks, /3 Q5_K, Q8_0, Q5_0, Q4_0, Q4_1 and Q5_1. An older file still
+# runs (types it holds no blocks for on torch's kernels); `prepare` and the first load rebuild it.
 FORMAT = "gemma-lsp-gguf-weights/3"
 READS = ("gemma-lsp-gguf-weights/1", "gemma-lsp-gguf-weights/2", FORMAT)
 BLOCKS = {blocks.T.Q4_K: ("q4k", native.repack_q4_k), blocks.T.Q5_K: ("q5k", native.repack_q5_k),
@@ -174,7 +174,7 @@ def attach(model: nn.Module, path: Path, max_rows: int = 8) -> dict[str, int]:
 
 
 def _torch_form(kind: str, data: np.ndarray, n: int, k: int, dtype: torch.dtype) -> Int4Linear | Int8Linear:
-    """Blocks as torch's int4 (Q4_K, Q4_0, Q4_1: exactly, where N allows) or int8-per-row (the rest) kernels take them."""
+    """Blocks as torch's kernels take them: int4 (Q4_K, Q4_0, Q4_1: exactly, where N allows), else int8 per row."""
     if kind in ("q4k", "q4_0", "q4_1"):
         w4 = (blocks.int4_from_q4_k_unpacked(data, n, k) if kind == "q4k"
               else blocks.convert(data.reshape(n, -1), blocks.T.Q4_0 if kind == "q4_0" else blocks.T.Q4_1, n, k))

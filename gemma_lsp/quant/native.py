@@ -15,6 +15,7 @@ import os
 import platform
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -129,29 +130,29 @@ def mm(kind: str, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
 def repack_q4_k(raw: np.ndarray, n: int, k: int) -> np.ndarray:
     """GGUF Q4_K rows (144-byte blocks) -> the kernel's 148-byte blocks: the same values,
     with the eight 6-bit (scale, min) pairs unpacked to bytes so the kernel need not."""
-    from .blocks import q4_k_scale_min
-
-    b = raw.reshape(n, k // 256, 144)
-    sc, mn = q4_k_scale_min(b[:, :, 4:16].reshape(-1, 12))
-    parts = [b[:, :, 0:4], sc.reshape(n, -1, 8), mn.reshape(n, -1, 8), b[:, :, 16:]]
-    return np.ascontiguousarray(np.concatenate([p.astype(np.uint8) for p in parts], axis=2))
+    return _unpack_scales(raw.reshape(n, k // 256, 144))
 
 
 def repack_q5_k(raw: np.ndarray, n: int, k: int) -> np.ndarray:
     """GGUF Q5_K rows (176-byte blocks: d, dmin, 12 bytes of 6-bit scales, qh[32], qs[128]) ->
     the kernel's 180-byte blocks: the scale/min pairs unpacked to bytes, as for Q4_K."""
+    return _unpack_scales(raw.reshape(n, k // 256, 176))
+
+
+def _unpack_scales(b: np.ndarray) -> np.ndarray:
+    """[N, K/256, bytes] blocks with d, dmin, 12 bytes of packed scales first -> d, dmin, sc[8], mn[8], rest."""
     from .blocks import q4_k_scale_min
 
-    b = raw.reshape(n, k // 256, 176)
     sc, mn = q4_k_scale_min(b[:, :, 4:16].reshape(-1, 12))
+    n = b.shape[0]
     parts = [b[:, :, 0:4], sc.reshape(n, -1, 8), mn.reshape(n, -1, 8), b[:, :, 16:]]
     return np.ascontiguousarray(np.concatenate([p.astype(np.uint8) for p in parts], axis=2))
 
 
-def blocks_of_32(size: int):
-    """GGUF Q8_0 (34 bytes), Q5_0 (22), Q4_0 (18), Q4_1 (20) or Q5_1 (24) rows as [N, K/32, size]: the file's blocks
-    unchanged (K a multiple of 32, not necessarily of 256: Qwen2.5-Coder-0.5B's 896, Gemma 3
-    270M's 640)."""
+def blocks_of_32(size: int) -> Callable[[np.ndarray, int, int], np.ndarray]:
+    """GGUF Q8_0 (34 bytes), Q5_0 (22), Q4_0 (18), Q4_1 (20) or Q5_1 (24) rows as [N, K/32, size]:
+    the file's blocks unchanged (K a multiple of 32, not necessarily of 256: Qwen2.5-Coder-0.5B's
+    896, Gemma 3 270M's 640)."""
 
     def shape(raw: np.ndarray, n: int, k: int) -> np.ndarray:
         return np.array(raw.reshape(n, k // 32, size), copy=True)

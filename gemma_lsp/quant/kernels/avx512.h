@@ -118,7 +118,8 @@ GL_AVX512 void q6k_rows_512(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb
                               _mm512_loadu_ps(dv + 16 * j), f);
         // 32·Σ_{j∈g} sc_j·Σ xq per group g (lane g), times dx_g
         const __m256i corr = _mm256_madd_epi16(sc16, _mm256_loadu_si256((const __m256i*)(x.sum.data() + mb * 16)));
-        const __m256 c = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_slli_epi32(corr, 5)), _mm256_loadu_ps(x.dx.data() + mb * 8));
+        const __m256 c =
+            _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_slli_epi32(corr, 5)), _mm256_loadu_ps(x.dx.data() + mb * 8));
         acc[m] = _mm512_fmadd_ps(f, _mm512_set1_ps(d), acc[m]);
         offs[m] = _mm256_fmadd_ps(c, _mm256_set1_ps(d), offs[m]);
       }

@@ -58,7 +58,8 @@ const Format Q4K{"q4k_mm", QK, Q4K_BYTES, 32, {q4k_512_float, q4k_512_bf16, Q4K_
                  {q4k_256_float, q4k_256_bf16, NATURAL}};
 const Format Q5K{"q5k_mm", QK, Q5K_BYTES, 32, {q5k_512_float, q5k_512_bf16, Q4K_ORDER_512},
                  {q5k_256_float, q5k_256_bf16, NATURAL}};
-const Format Q6K{"q6k_mm", QK, Q6K_BYTES, 16, {q6k_512_float, q6k_512_bf16, NATURAL}, {q6k_256_float, q6k_256_bf16, NATURAL}};
+const Format Q6K{"q6k_mm", QK, Q6K_BYTES, 16, {q6k_512_float, q6k_512_bf16, NATURAL},
+                 {q6k_256_float, q6k_256_bf16, NATURAL}};
 const Format Q80{"q8_0_mm", 32, Q8_0::bytes, 32, {q8_0_512_float, q8_0_512_bf16, NATURAL},
                  {q8_0_256_float, q8_0_256_bf16, NATURAL}};
 const Format Q50{"q5_0_mm", 32, Q5_0::bytes, 32, {q5_0_512_float, q5_0_512_bf16, NATURAL},
