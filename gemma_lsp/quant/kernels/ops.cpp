@@ -23,23 +23,18 @@ using Kernel = void (*)(const uint8_t*, int64_t, int64_t, int64_t, const Rows&, 
                                               fn<7, O, ##__VA_ARGS__>, fn<8, O, ##__VA_ARGS__>};
 #define GEMMA_LSP_TABLES(name, fn, ...) \
   GEMMA_LSP_TABLE(name, float, fn, ##__VA_ARGS__) GEMMA_LSP_TABLE(name, bf16, fn, ##__VA_ARGS__)
+// both instruction sets of one block type: name_512_float, ..., name_256_bf16
+#define GEMMA_LSP_KIND(name, fn, ...) \
+  GEMMA_LSP_TABLES(name##_512, fn##_512, ##__VA_ARGS__) GEMMA_LSP_TABLES(name##_256, fn##_256, ##__VA_ARGS__)
 using bf16 = c10::BFloat16;
-GEMMA_LSP_TABLES(q4k_512, q45k_rows_512, false)
-GEMMA_LSP_TABLES(q5k_512, q45k_rows_512, true)
-GEMMA_LSP_TABLES(q6k_512, q6k_rows_512)
-GEMMA_LSP_TABLES(q8_0_512, b32_rows_512, Q8_0)
-GEMMA_LSP_TABLES(q5_0_512, b32_rows_512, Q5_0)
-GEMMA_LSP_TABLES(q4_0_512, b32_rows_512, Q4_0)
-GEMMA_LSP_TABLES(q4_1_512, b32_rows_512, Q4_1)
-GEMMA_LSP_TABLES(q5_1_512, b32_rows_512, Q5_1)
-GEMMA_LSP_TABLES(q4k_256, q45k_rows_256, false)
-GEMMA_LSP_TABLES(q5k_256, q45k_rows_256, true)
-GEMMA_LSP_TABLES(q6k_256, q6k_rows_256)
-GEMMA_LSP_TABLES(q8_0_256, b32_rows_256, Q8_0)
-GEMMA_LSP_TABLES(q5_0_256, b32_rows_256, Q5_0)
-GEMMA_LSP_TABLES(q4_0_256, b32_rows_256, Q4_0)
-GEMMA_LSP_TABLES(q4_1_256, b32_rows_256, Q4_1)
-GEMMA_LSP_TABLES(q5_1_256, b32_rows_256, Q5_1)
+GEMMA_LSP_KIND(q4k, q45k_rows, false)
+GEMMA_LSP_KIND(q5k, q45k_rows, true)
+GEMMA_LSP_KIND(q6k, q6k_rows)
+GEMMA_LSP_KIND(q8_0, b32_rows, Q8_0)
+GEMMA_LSP_KIND(q5_0, b32_rows, Q5_0)
+GEMMA_LSP_KIND(q4_0, b32_rows, Q4_0)
+GEMMA_LSP_KIND(q4_1, b32_rows, Q4_1)
+GEMMA_LSP_KIND(q5_1, b32_rows, Q5_1)
 
 struct Kernels {  // one block format on one instruction set
   const Kernel<float>* f32;
@@ -54,22 +49,19 @@ struct Format {
   Kernels wide, narrow;  // AVX512, AVX2
 };
 
-const Format Q4K{"q4k_mm", QK, Q4K_BYTES, 32, {q4k_512_float, q4k_512_bf16, Q4K_ORDER_512},
-                 {q4k_256_float, q4k_256_bf16, NATURAL}};
-const Format Q5K{"q5k_mm", QK, Q5K_BYTES, 32, {q5k_512_float, q5k_512_bf16, Q4K_ORDER_512},
-                 {q5k_256_float, q5k_256_bf16, NATURAL}};
-const Format Q6K{"q6k_mm", QK, Q6K_BYTES, 16, {q6k_512_float, q6k_512_bf16, NATURAL},
-                 {q6k_256_float, q6k_256_bf16, NATURAL}};
-const Format Q80{"q8_0_mm", 32, Q8_0::bytes, 32, {q8_0_512_float, q8_0_512_bf16, NATURAL},
-                 {q8_0_256_float, q8_0_256_bf16, NATURAL}};
-const Format Q50{"q5_0_mm", 32, Q5_0::bytes, 32, {q5_0_512_float, q5_0_512_bf16, NATURAL},
-                 {q5_0_256_float, q5_0_256_bf16, NATURAL}};
-const Format Q40{"q4_0_mm", 32, Q4_0::bytes, 32, {q4_0_512_float, q4_0_512_bf16, NATURAL},
-                 {q4_0_256_float, q4_0_256_bf16, NATURAL}};
-const Format Q41{"q4_1_mm", 32, Q4_1::bytes, 32, {q4_1_512_float, q4_1_512_bf16, NATURAL},
-                 {q4_1_256_float, q4_1_256_bf16, NATURAL}};
-const Format Q51{"q5_1_mm", 32, Q5_1::bytes, 32, {q5_1_512_float, q5_1_512_bf16, NATURAL},
-                 {q5_1_256_float, q5_1_256_bf16, NATURAL}};
+// one block type: its op's name, block shape, group size, and kernels (AVX512 reads
+// activation slices in `order`, AVX2 in natural order)
+#define GEMMA_LSP_FORMAT(var, name, weights, bytes, group, order)                          \
+  const Format var{#name "_mm", weights, bytes, group, {name##_512_float, name##_512_bf16, order}, \
+                   {name##_256_float, name##_256_bf16, NATURAL}};
+GEMMA_LSP_FORMAT(Q4K, q4k, QK, Q4K_BYTES, 32, Q4K_ORDER_512)
+GEMMA_LSP_FORMAT(Q5K, q5k, QK, Q5K_BYTES, 32, Q4K_ORDER_512)
+GEMMA_LSP_FORMAT(Q6K, q6k, QK, Q6K_BYTES, 16, NATURAL)
+GEMMA_LSP_FORMAT(Q80, q8_0, 32, Q8_0::bytes, 32, NATURAL)
+GEMMA_LSP_FORMAT(Q50, q5_0, 32, Q5_0::bytes, 32, NATURAL)
+GEMMA_LSP_FORMAT(Q40, q4_0, 32, Q4_0::bytes, 32, NATURAL)
+GEMMA_LSP_FORMAT(Q41, q4_1, 32, Q4_1::bytes, 32, NATURAL)
+GEMMA_LSP_FORMAT(Q51, q5_1, 32, Q5_1::bytes, 32, NATURAL)
 
 bool has_avx512() {
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
