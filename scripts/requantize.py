@@ -21,7 +21,11 @@ def main(argv: list[str]) -> int:
     if len(argv) != 3 or argv[2] not in TYPES:
         print(__doc__.strip(), file=sys.stderr)
         return 2
-    import llama_cpp
+    try:
+        import llama_cpp
+    except ImportError:
+        print("requantize needs llama-cpp-python: bash scripts/install-llama-cpp.sh", file=sys.stderr)
+        return 2
 
     params = llama_cpp.llama_model_quantize_default_params()
     params.nthread = 0  # all cores
