@@ -1,6 +1,6 @@
 """Write a GGUF of another quantization type with llama.cpp's own quantizer (for benchmarks).
 
-Usage: .venv/bin/python scripts/requantize.py IN.gguf|default OUT.gguf Q8_0|Q5_K_M|Q4_K_M|Q6_K
+Usage: .venv/bin/python scripts/requantize.py IN.gguf|default OUT.gguf Q8_0|Q5_K_M|Q4_K_M|Q6_K|Q4_0|Q5_0
 ("default": the embedded model's Q4_K_M file, assembled from its parts)
 
 Needs llama-cpp-python (scripts/install-llama-cpp.sh). Only the embedded Q4_K_M file can be had
@@ -14,7 +14,8 @@ import sys
 import time
 
 TYPES = {"Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "Q5_K_M": "LLAMA_FTYPE_MOSTLY_Q5_K_M",
-         "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "Q6_K": "LLAMA_FTYPE_MOSTLY_Q6_K"}
+         "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "Q6_K": "LLAMA_FTYPE_MOSTLY_Q6_K",
+         "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "Q5_0": "LLAMA_FTYPE_MOSTLY_Q5_0"}
 
 
 def main(argv: list[str]) -> int:
