@@ -105,7 +105,7 @@ void q6k_rows_256(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Ro
 }
 
 // Blocks of 32 (Q8_0, Q5_0, Q4_0, Q4_1, Q5_1: common.h), read as stored, one block per vector. nb counts
-// blocks of 32 here; whole groups of 8 are unpacked once for all rows, the rest run in b32_dot.
+// blocks of 32 here; whole groups of 8 are unpacked once for all rows, the rest run in b32_tail.
 template <int M, typename O, typename F>
 void b32_rows_256(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Rows& x, int64_t m0, O* out,
                   int64_t ldo) {
@@ -132,7 +132,7 @@ void b32_rows_256(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Ro
         const int64_t mb = (m0 + m) * x.nb + b;
         const int8_t* xb = x.q.data() + mb * QK;
         const float* dx = x.dx.data() + mb * 8;
-        for (int g = 0; g < 8; ++g) {  // Σ_g d_g·dx_g·Σ q'·xq, as b32_dot
+        for (int g = 0; g < 8; ++g) {  // Σ_g d_g·dx_g·Σ q'·xq, as b32_tail
           const __m256i xs = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i*)(xb + 32 * g)), w[g]);
           const __m256i t = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[g], xs), ones);
           acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_set1_ps(d[g] * dx[g]), acc[m]);
@@ -141,11 +141,7 @@ void b32_rows_256(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb, const Ro
       }
     }
     if (tail)
-      for (int m = 0; m < M; ++m) {
-        const int64_t mb = (m0 + m) * x.nb + full;
-        acc[m] = b32_dot<F>(row + full * 8 * F::bytes, x.q.data() + mb * QK, x.dx.data() + mb * 8,
-                            x.gx.data() + mb * 8, tail, acc[m]);
-      }
+      for (int m = 0; m < M; ++m) acc[m] = b32_tail<F>(row, full, tail, x, m0 + m, acc[m]);
     for (int m = 0; m < M; ++m) out[m * ldo + n] = static_cast<O>(hsum256(acc[m]));
   }
 }

@@ -171,11 +171,7 @@ GL_AVX512 void b32_rows_512(const uint8_t* W, int64_t n0, int64_t n1, int64_t nb
       }
     }
     if (tail)
-      for (int m = 0; m < M; ++m) {
-        const int64_t mb = (m0 + m) * x.nb + full;
-        rest[m] = b32_dot<F>(row + full * 8 * F::bytes, x.q.data() + mb * QK, x.dx.data() + mb * 8,
-                             x.gx.data() + mb * 8, tail, rest[m]);
-      }
+      for (int m = 0; m < M; ++m) rest[m] = b32_tail<F>(row, full, tail, x, m0 + m, rest[m]);
     for (int m = 0; m < M; ++m) out[m * ldo + n] = static_cast<O>(_mm512_reduce_add_ps(acc[m]) + hsum256(rest[m]));
   }
 }

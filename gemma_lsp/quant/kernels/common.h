@@ -7,8 +7,8 @@
 // needs a bf16 scale and zero per 32 weights (5 bits per weight) and its int8 kernel 8;
 // these kernels read the file's own blocks: Q4_K at 4.625 bits and Q5_K at 5.625 (their
 // 6-bit scales unpacked to bytes), Q6_K at 6.5625, Q8_0 at 8.5, Q5_0 at 5.5, Q4_0 at 4.5,
-// Q4_1 at 5 and Q5_1 at 6, as stored. They multiply in integers (vpmaddubsw + vpdpwssd / vpmaddwd, vpdpbusd) so that
-// the work per byte stays below what memory delivers.
+// Q4_1 at 5 and Q5_1 at 6, as stored. They multiply in integers (vpmaddubsw + vpdpwssd /
+// vpmaddwd, vpdpbusd) so that the work per byte stays below what memory delivers.
 //
 // Math. Each activation row is quantized per 32 values: x ≈ dx_g·xq, xq = round(x/dx_g) in
 // [-127, 127], dx_g = max|x|/127 over the 32 (the error per value is at most dx_g/2). Per 32,
@@ -53,7 +53,7 @@ struct Rows {  // activation rows in blocks of 256 (the last one may be shorter:
   std::vector<float> dx;     // [M, nb, 8]: the step of each group of 32, natural order
   std::vector<float> dxv;    // [M, nb, 64]: per slice as read, its group's step 8 times (a vector of lanes)
   std::vector<float> gx;     // [M, nb, 8]: dx_g·Σ xq over group g (Q4_K/Q5_K's min term)
-  std::vector<int16_t> sum;  // [M, nb, 256 / group]: Σ xq per group of the weight format
+  std::vector<int16_t> sum;  // [M, nb, 16]: Σ xq per 16 values (Q6_K's scale groups)
 };
 
 // The order of the eight 32-value slices of a block of activations as a kernel reads them.
@@ -64,11 +64,10 @@ constexpr int Q4K_ORDER_512[8] = {0, 2, 1, 3, 4, 6, 5, 7};
 constexpr int NATURAL[8] = {0, 1, 2, 3, 4, 5, 6, 7};
 
 template <typename T>
-Rows quantize(const T* x, int64_t M, int64_t K, const int* order, int group) {
+Rows quantize(const T* x, int64_t M, int64_t K, const int* order) {
   const int64_t nb = (K + QK - 1) / QK;
-  const int groups = QK / group;
   Rows r{nb, std::vector<int8_t>(M * nb * QK), std::vector<float>(M * nb * 8), std::vector<float>(M * nb * 64),
-         std::vector<float>(M * nb * 8), std::vector<int16_t>(M * nb * groups)};
+         std::vector<float>(M * nb * 8), std::vector<int16_t>(M * nb * 16)};
   for (int64_t mb = 0; mb < M * nb; ++mb) {
     const T* xs = x + (mb / nb) * K + (mb % nb) * QK;
     const int len = (int)std::min<int64_t>(QK, K - (mb % nb) * QK);  // shorter last block: rows of 32·k
@@ -89,10 +88,10 @@ Rows quantize(const T* x, int64_t M, int64_t K, const int* order, int group) {
       std::copy(xq + order[s] * 32, xq + order[s] * 32 + 32, qb + s * 32);
       std::fill_n(r.dxv.data() + mb * 64 + s * 8, 8, dx[order[s]]);
     }
-    for (int g = 0; g < groups; ++g) {  // sums in the weights' own (natural) group order
+    for (int g = 0; g < 16; ++g) {  // sums per 16, natural order
       int32_t s = 0;
-      for (int j = 0; j < group; ++j) s += xq[g * group + j];
-      r.sum[mb * groups + g] = (int16_t)s;
+      for (int j = 0; j < 16; ++j) s += xq[g * 16 + j];
+      r.sum[mb * 16 + g] = (int16_t)s;
     }
   }
   return r;
@@ -179,12 +178,17 @@ inline __m256 b32_mins(const uint8_t* blk) {
   return _mm256_loadu_ps(m);
 }
 
-// d_g·dx_g·Σ q'·xq over `groups` blocks of 32 (in 8 float lanes): |q'| × (xq·sign q') as the
-// u8 × s8 instructions take them (at most 2·128·127 per pair: inside int16). The kernels run
-// the blocks past the last whole 256 this way.
+// The blocks of 32 past the last whole 256 of weight row `row` (those of activation block
+// `full`, `tail` of them) for activation row r, added to s: d_g·dx_g·Σ q'·xq in 8 float lanes,
+// |q'| × (xq·sign q') as the u8 × s8 instructions take them (at most 2·128·127 per pair:
+// inside int16), as the kernels' main loops compute it.
 template <typename F>
-inline __m256 b32_dot(const uint8_t* blk, const int8_t* xb, const float* dx, const float* gx, int groups, __m256 s) {
-  for (int g = 0; g < groups; ++g) {
+inline __m256 b32_tail(const uint8_t* row, int64_t full, int tail, const Rows& x, int64_t r, __m256 s) {
+  const int64_t mb = r * x.nb + full;
+  const uint8_t* blk = row + full * 8 * F::bytes;
+  const int8_t* xb = x.q.data() + mb * QK;
+  const float *dx = x.dx.data() + mb * 8, *gx = x.gx.data() + mb * 8;
+  for (int g = 0; g < tail; ++g) {
     const uint8_t* b = blk + F::bytes * g;
     const __m256i w = F::weights(b);
     const __m256i xs = _mm256_sign_epi8(_mm256_loadu_si256((const __m256i*)(xb + 32 * g)), w);

@@ -45,23 +45,22 @@ struct Kernels {  // one block format on one instruction set
 struct Format {
   const char* name;
   int block_weights, block_bytes;  // a block of the weights tensor [N, K / block_weights, block_bytes]
-  int group;        // weights per (scale, min) group: Σ xq is kept per group
   Kernels wide, narrow;  // AVX512, AVX2
 };
 
-// one block type: its op's name, block shape, group size, and kernels (AVX512 reads
-// activation slices in `order`, AVX2 in natural order)
-#define GEMMA_LSP_FORMAT(var, name, weights, bytes, group, order)                          \
-  const Format var{#name "_mm", weights, bytes, group, {name##_512_float, name##_512_bf16, order}, \
+// one block type: its op's name, block shape, and kernels (AVX512 reads activation slices
+// in `order`, AVX2 in natural order)
+#define GEMMA_LSP_FORMAT(var, name, weights, bytes, order)                                     \
+  const Format var{#name "_mm", weights, bytes, {name##_512_float, name##_512_bf16, order}, \
                    {name##_256_float, name##_256_bf16, NATURAL}};
-GEMMA_LSP_FORMAT(Q4K, q4k, QK, Q4K_BYTES, 32, Q4K_ORDER_512)
-GEMMA_LSP_FORMAT(Q5K, q5k, QK, Q5K_BYTES, 32, Q4K_ORDER_512)
-GEMMA_LSP_FORMAT(Q6K, q6k, QK, Q6K_BYTES, 16, NATURAL)
-GEMMA_LSP_FORMAT(Q80, q8_0, 32, Q8_0::bytes, 32, NATURAL)
-GEMMA_LSP_FORMAT(Q50, q5_0, 32, Q5_0::bytes, 32, NATURAL)
-GEMMA_LSP_FORMAT(Q40, q4_0, 32, Q4_0::bytes, 32, NATURAL)
-GEMMA_LSP_FORMAT(Q41, q4_1, 32, Q4_1::bytes, 32, NATURAL)
-GEMMA_LSP_FORMAT(Q51, q5_1, 32, Q5_1::bytes, 32, NATURAL)
+GEMMA_LSP_FORMAT(Q4K, q4k, QK, Q4K_BYTES, Q4K_ORDER_512)
+GEMMA_LSP_FORMAT(Q5K, q5k, QK, Q5K_BYTES, Q4K_ORDER_512)
+GEMMA_LSP_FORMAT(Q6K, q6k, QK, Q6K_BYTES, NATURAL)
+GEMMA_LSP_FORMAT(Q80, q8_0, 32, Q8_0::bytes, NATURAL)
+GEMMA_LSP_FORMAT(Q50, q5_0, 32, Q5_0::bytes, NATURAL)
+GEMMA_LSP_FORMAT(Q40, q4_0, 32, Q4_0::bytes, NATURAL)
+GEMMA_LSP_FORMAT(Q41, q4_1, 32, Q4_1::bytes, NATURAL)
+GEMMA_LSP_FORMAT(Q51, q5_1, 32, Q5_1::bytes, NATURAL)
 
 bool has_avx512() {
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -71,9 +70,9 @@ bool has_avx512() {
 bool use_512 = has_avx512();  // one choice per process: every forward runs the same kernels
 
 template <typename T>
-at::Tensor run_typed(const at::Tensor& x, const at::Tensor& w, const Kernel<T>* table, const int* order, int group) {
+at::Tensor run_typed(const at::Tensor& x, const at::Tensor& w, const Kernel<T>* table, const int* order) {
   const int64_t K = x.size(-1), N = w.size(0), nb = w.size(1), M = x.numel() / K;
-  const Rows rows = quantize(x.data_ptr<T>(), M, K, order, group);
+  const Rows rows = quantize(x.data_ptr<T>(), M, K, order);
   at::Tensor out = at::empty({M, N}, x.options());
   T* o = out.data_ptr<T>();
   const uint8_t* W = w.data_ptr<uint8_t>();
@@ -93,8 +92,7 @@ at::Tensor run(const at::Tensor& x_, const at::Tensor& w, const Format& f) {
   // bf16 in and out as they are; any other dtype through float32
   const bool is_bf16 = x_.scalar_type() == at::kBFloat16;
   const at::Tensor x = (is_bf16 ? x_ : x_.to(at::kFloat)).reshape({-1, K}).contiguous();
-  at::Tensor out = is_bf16 ? run_typed<bf16>(x, w, k.b16, k.order, f.group)
-                           : run_typed<float>(x, w, k.f32, k.order, f.group);
+  at::Tensor out = is_bf16 ? run_typed<bf16>(x, w, k.b16, k.order) : run_typed<float>(x, w, k.f32, k.order);
   auto sizes = x_.sizes().vec();
   sizes.back() = N;
   return out.to(x_.scalar_type()).reshape(sizes);
