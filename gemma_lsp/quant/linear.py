@@ -99,6 +99,7 @@ class BlockLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype, kind: str) -> None:
         super().__init__()
         self.in_features, self.out_features, self.kind = in_features, out_features, kind
+        self.mm = native.op(kind)  # resolved once: forward runs on every decode step
         per, size = self.KINDS[kind]
         self.register_buffer("blocks", torch.empty(out_features, in_features // per, size, dtype=torch.uint8),
                              persistent=False)
@@ -108,7 +109,7 @@ class BlockLinear(nn.Module):
         self.blocks = _aligned(blocks.reshape(self.blocks.shape))  # [N, K / weights, bytes], whatever the file's shape
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = native.mm(self.kind, x, self.blocks)
+        y = self.mm(x, self.blocks)
         return y if self.bias is None else y + self.bias
 
 

@@ -122,9 +122,14 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def op(kind: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The op y = x · dequant(w)ᵀ for blocks of `kind` (q4k, q5k, q6k, q8_0, q5_0, q4_0, q4_1,
+    q5_1: BlockLinear.KINDS); the kernels must be loaded (available())."""
+    return getattr(torch.ops.gemma_lsp, f"{kind}_mm")
+
+
 def mm(kind: str, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """y = x · dequant(w)ᵀ for blocks of `kind` (q4k, q5k, q6k, q8_0, q5_0, q4_0, q4_1, q5_1: BlockLinear.KINDS)."""
-    return getattr(torch.ops.gemma_lsp, f"{kind}_mm")(x, w)
+    return op(kind)(x, w)
 
 
 def repack_q4_k(raw: np.ndarray, n: int, k: int) -> np.ndarray:
