@@ -23,6 +23,13 @@ from .prompt import Prompter
 
 log = logging.getLogger(__name__)
 
+# Decoding may run past `timeBudgetMs` only to finish the line under way, and never past
+# this many times the budget (1.8 s -> 3.6 s by default): a whole line or nothing, in time
+# for editors that give up after 10 s (eglot, lsp-mode) even after a cold prompt pass.
+CEILING_FACTOR = 2.0
+# Stop reasons after which the text's last line may be unfinished (postprocess drops it).
+CUT = ("max_tokens", "budget", "time")
+
 
 @dataclass
 class Snapshot:
@@ -156,7 +163,9 @@ class Completer:
             suggestion=expected,
             temperature=settings.temperature,
             top_p=settings.top_p,
-            deadline=time.monotonic() + settings.time_budget_ms / 1e3,
+            budget_s=settings.time_budget_ms / 1e3,
+            ceiling_s=settings.time_budget_ms * CEILING_FACTOR / 1e3,
+            line_end_ids=self.newline_ids(),
             stop_event=stop,
             constraint=self.prompter.heal_constraint(prompt.healed),
             stop_after=self._block_end(prompt.healed, line_prefix, suffix) if settings.stop_at_block_end and not single else None,
@@ -168,7 +177,7 @@ class Completer:
         res = self.engine.generate(req)
         raw = self.prompter.decode(res.tokens)
         raw = raw[len(prompt.healed) :] if raw.startswith(prompt.healed) else ""
-        text = postprocess(raw, line_prefix, suffix, single, truncated=res.stop_reason in ("max_tokens", "time"))
+        text = postprocess(raw, line_prefix, suffix, single, truncated=res.stop_reason in CUT)
         if res.stop_reason != "cancelled":
             self._remember(snap, text)
         return Completion(text, raw, res.stats, res.stop_reason, False, (time.perf_counter() - t0) * 1e3, self.target.name)

@@ -65,17 +65,23 @@ def _cut_surplus_closers(text: str, line_rest: str) -> str:
 
 
 def _block_indent(first_line: str, line_prefix: str, suffix: str) -> int:
-    """The indentation below which a line leaves the block the code continues in.
+    """The indentation below which a line leaves the block being written.
 
-    That block is the cursor's, or the one the suffix resumes in when that is shallower:
-    finishing a loop and going on at function level is fine when the suffix is at
-    function level (or empty); starting a new top-level `def` inside a body is not.
+    On an indented blank line with code after it (a gap), that is the cursor's own
+    indentation: the code that follows already says how the outer blocks go on, and a
+    completion that dedents starts writing them a second time. After code on the line or
+    at column 0, the model's first line says where the block is, and the suffix may be
+    shallower: finishing a loop and going on at function level is fine when the suffix is
+    at function level (or empty); starting a new top-level `def` inside a body is not.
     """
-    if line_prefix and not line_prefix.strip():
+    after = [ln for ln in suffix.split("\n")[1:] if ln.strip()]
+    gap = bool(line_prefix) and not line_prefix.strip()
+    if gap and after:
+        return len(line_prefix)
+    if gap:
         base = len(line_prefix)  # the editor's auto-indent says where the block is
     else:  # at column 0 or after code on the line: the model's first line says it
         base = _indent(line_prefix + first_line) if (line_prefix + first_line).strip() else _indent(line_prefix)
-    after = [ln for ln in suffix.split("\n")[1:] if ln.strip()]
     if after:
         base = min(base, _indent(after[0]))
     elif not suffix.split("\n")[0].strip() and base > 0:
@@ -98,20 +104,28 @@ def _cut_dedent(text: str, line_prefix: str, suffix: str = "") -> str:
 
 
 def block_ended(text: str, line_prefix: str, suffix: str) -> bool:
-    """True once generated text has started a line that postprocess would cut (a dedent):
-    decoding further cannot change the answer, so generation may stop there."""
+    """True once the generated text has a whole line that postprocess would cut: a dedent
+    out of the block, or a line that starts repeating the suffix. Decoding further cannot
+    change the answer, so generation may stop there."""
     lines = text.replace("\r\n", "\n").split("\n")
-    return len(lines) > 1 and _first_dedent(lines, _block_indent(lines[0], line_prefix, suffix)) is not None
+    if len(lines) < 2:
+        return False
+    # A started line's indentation is final once it has a non-blank character.
+    if _first_dedent(lines, _block_indent(lines[0], line_prefix, suffix)) is not None:
+        return True
+    whole = "\n".join(lines[:-1])  # finished lines only: a half-written one may still differ
+    return _cut_suffix_overlap(whole, suffix) != whole
 
 
 def postprocess(raw: str, line_prefix: str, suffix: str, single_line: bool, truncated: bool = False) -> str:
     """Clean `raw` (the text generated at the cursor) for insertion; "" means nothing worth showing.
 
     `line_prefix` is the cursor line's text before the cursor; `truncated` means generation
-    was cut by max tokens or time, so a multi-line answer's last line is unfinished.
+    was cut (max tokens, time), so the last line may be unfinished: it is dropped, in every
+    mode. An answer is whole lines or nothing, never a fragment like `fib` of `fib(n - 1)`.
     """
     text = raw.replace("\r\n", "\n")
-    if truncated and not single_line and "\n" in text and not text.endswith("\n"):
+    if truncated and not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]  # a text ending in a newline has no unfinished line
     line_rest = suffix.split("\n", 1)[0]
     if single_line:

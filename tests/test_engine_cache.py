@@ -93,8 +93,7 @@ def test_cancel_before_start_and_time_budget(model):
     ev.set()
     res = Engine(model).generate(GenerateRequest(prompt=list(range(3, 30)), max_tokens=50, stop_event=ev))
     assert res.stop_reason == "cancelled" and res.stats.target_forwards == 0 and res.tokens == []
-    res = Engine(model).generate(GenerateRequest(prompt=list(range(3, 30)), max_tokens=50, deadline=time.monotonic() - 1))
-    assert res.stop_reason == "time" and res.stats.target_forwards == 0
+
 
 
 def test_cache_bytes_counts_every_layer(model):
@@ -132,15 +131,48 @@ class ClockedModel(torch.nn.Module):
         return out
 
 
-def test_time_budget_is_not_overrun_by_the_last_forward(model, monkeypatch):
+def test_the_prompt_pass_is_never_cut_by_time(model):
+    """A budget already spent still runs the whole prompt pass (its KV is cached either way)."""
+    prompt = [(5 * i + 1) % 90 + 3 for i in range(300)]  # two prefill chunks
+    engine = Engine(model)
+    res = engine.generate(GenerateRequest(prompt=prompt, max_tokens=50, drafter="none", budget_s=-1.0, ceiling_s=-1.0))
+    assert res.stop_reason == "time" and res.stats.prefill_forwards == 2 and res.stats.target_forwards == 2
+    again = engine.generate(GenerateRequest(prompt=prompt + [7], max_tokens=2, drafter="none"))
+    assert again.stats.reused_tokens == len(prompt)
+
+
+def test_time_ceiling_is_not_overrun_by_the_last_forward(model, monkeypatch):
     from gemma_lsp.engine import speculative
 
     clock = FakeClock()
     monkeypatch.setattr(speculative, "time", clock)
     wrapped = ClockedModel(model, clock)
-    deadline = clock.now + 0.55  # prefill (0.1) + 4 decode forwards fit; a 5th would end at 0.6
+    # The ceiling counts from the end of the prompt pass (0.1): 4 decode forwards fit, a 5th would end at 0.5.
     res = Engine(wrapped).generate(GenerateRequest(prompt=list(range(3, 30)), max_tokens=50, drafter="none",
-                                                   deadline=deadline))
+                                                   ceiling_s=0.45))
     assert res.stop_reason == "time"
-    assert clock.now <= deadline
+    assert clock.now <= 100.0 + 0.1 + 0.45
     assert res.stats.target_forwards == 5 and len(res.tokens) == 5
+
+
+@pytest.mark.parametrize("drafter", ["none", "ngram"])
+def test_past_the_budget_decoding_finishes_the_line(model, monkeypatch, drafter):
+    """The budget never cuts the line being written: decoding goes on to the next line end,
+    and the output is plain greedy's, cut just after that token."""
+    from gemma_lsp.engine import speculative
+
+    prompt = [(3 * i) % 20 + 3 for i in range(40)]  # repetitive: n-gram drafts get accepted
+    full = reference_greedy(model, prompt, 30)
+    # A "line end" token first emitted at index >= 4: every decode forward ends past the budget.
+    first = next(i for i in range(4, 30) if full[i] not in full[:i])
+    clock = FakeClock()
+    monkeypatch.setattr(speculative, "time", clock)
+    res = Engine(ClockedModel(model, clock)).generate(GenerateRequest(
+        prompt=prompt, max_tokens=30, drafter=drafter, budget_s=0.05, ceiling_s=60.0,
+        line_end_ids=frozenset([full[first]])))
+    assert res.stop_reason == "budget"
+    assert res.tokens == full[: first + 1]
+    # With no line end in sight, the ceiling still holds.
+    res = Engine(ClockedModel(model, clock)).generate(GenerateRequest(
+        prompt=prompt, max_tokens=30, drafter=drafter, budget_s=0.15, ceiling_s=0.35, line_end_ids=frozenset([999])))
+    assert res.stop_reason == "time" and res.tokens == full[: len(res.tokens)] and res.stats.target_forwards <= 4

@@ -112,9 +112,37 @@ def test_truncated_multiline_ending_in_newline_keeps_last_line():
     assert postprocess(raw, "    ", "", single_line=False, truncated=True) == "a = 1\n    b = 2"
 
 
-def test_truncated_single_line_keeps_partial_line():
-    assert postprocess("foo(a, b", "x = ", "", single_line=True, truncated=True) == "foo(a, b"
-    assert postprocess("foo(a, b", "x = ", "", single_line=False, truncated=True) == "foo(a, b"
+def test_truncated_answer_is_whole_lines_or_nothing():
+    # The first-contact bug: a deadline cut `fib(n - 1) + fib(n - 2)` to `fib`, and `fib` was shown.
+    assert postprocess("fib", "    return ", "\n", single_line=True, truncated=True) == ""
+    assert postprocess("fib", "    return ", "\n", single_line=False, truncated=True) == ""
+    assert postprocess("foo(a, b", "x = ", "", single_line=True, truncated=True) == ""
+    assert postprocess("fib(n - 1) + fib(n - 2)\n", "    return ", "\n", single_line=True, truncated=True) == (
+        "fib(n - 1) + fib(n - 2)")
+
+
+def test_a_gap_ends_where_it_leaves_the_cursors_indentation():
+    # HumanEval/5 at 12:9: `return []` was due; the model went on at the outer indentation
+    # for 65 tokens, writing again what the suffix already does.
+    line_prefix = "        "
+    suffix = "\n\n    result = []\n    for n in numbers[:-1]:\n        result.append(n)\n    return result\n"
+    raw = "return []\n    if len(numbers) == 1:\n        return numbers\n"
+    assert postprocess(raw, line_prefix, suffix, single_line=False) == "return []"
+    from gemma_lsp.postprocess import block_ended
+    assert not block_ended("return []\n", line_prefix, suffix)
+    assert block_ended("return []\n    if", line_prefix, suffix)  # decoding stops at the dedent
+    # At the end of a file the block may still close into the function's level.
+    assert postprocess("x += 1\n    return x", line_prefix, "\n", single_line=False) == "x += 1\n    return x"
+
+
+def test_block_ended_when_the_text_starts_repeating_the_suffix():
+    from gemma_lsp.postprocess import block_ended
+
+    suffix = "\n    total = sum(xs)\n    return total / len(xs)\n"
+    assert not block_ended("xs = list(xs)\n    total = su", "    ", suffix)  # a line still being written
+    assert block_ended("xs = list(xs)\n    total = sum(xs)\n", "    ", suffix)
+    assert postprocess("xs = list(xs)\n    total = sum(xs)\n    return total / len(xs)", "    ", suffix,
+                       single_line=False) == "xs = list(xs)"
 
 
 def test_trailing_whitespace_is_trimmed():

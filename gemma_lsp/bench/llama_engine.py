@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..engine.cache import common_prefix
-from ..engine.speculative import GenerateRequest, GenerateResult, Stats
+from ..engine.speculative import DecodeClock, GenerateRequest, GenerateResult, Stats
 
 
 class _NoCache:
@@ -70,12 +70,14 @@ class LlamaCppEngine:
 
         t0 = time.perf_counter()
         t_first = None
+        clock: DecodeClock | None = None
         reason = "max_tokens"
         gen = llm.generate(req.prompt, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=1.0,
                            logits_processor=processors)
         for tok in gen:
             if t_first is None:
                 t_first = time.perf_counter()
+                clock = DecodeClock(req, t_first)  # the same time policy as ours
             if req.stop_event is not None and req.stop_event.is_set():
                 reason = "cancelled"
                 break
@@ -91,8 +93,8 @@ class LlamaCppEngine:
                 break
             if len(out) >= req.max_tokens:
                 break
-            if req.deadline is not None and time.monotonic() > req.deadline:
-                reason = "time"
+            if (why := clock.stopped(int(tok), 0.0)) is not None:
+                reason = why
                 break
         gen.close()
         t1 = time.perf_counter()

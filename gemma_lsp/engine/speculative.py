@@ -49,7 +49,13 @@ class GenerateRequest:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int | None = None
-    deadline: float | None = None  # time.monotonic() after which decoding stops
+    # Time policy, counted from the end of the prompt pass (which always runs to the end:
+    # its KV is cached either way). Past `budget_s` decoding stops at the next token in
+    # `line_end_ids` (reason "budget": the text ends with a whole line); past `ceiling_s`,
+    # or when the next forward would end past it, it stops wherever it is (reason "time").
+    budget_s: float | None = None
+    ceiling_s: float | None = None
+    line_end_ids: frozenset[int] = frozenset()  # tokens whose text contains a newline
     stop_event: threading.Event | None = None
     constraint: Constraint | None = None
     # Caller's check over the tokens so far; True ends generation after the latest token
@@ -82,7 +88,7 @@ class Stats:
 @dataclass
 class GenerateResult:
     tokens: list[int]
-    stop_reason: str  # "stop" | "newline" | "max_tokens" | "time" | "cancelled"
+    stop_reason: str  # "stop" | "newline" | "max_tokens" | "budget" | "time" | "cancelled"
     stats: Stats
 
 
@@ -181,15 +187,11 @@ class Engine:
         subs = drafter.drafters if isinstance(drafter, AutoDrafter) else [drafter]
         self._observer = next((d for d in subs if isinstance(d, AssistantDrafter)), None)
 
-        def stopped(next_step_s: float = 0.0) -> str | None:
-            """Cancelled, or the deadline would pass before the next forward finishes."""
-            if req.stop_event is not None and req.stop_event.is_set():
-                return "cancelled"
-            if req.deadline is not None and time.monotonic() + next_step_s > req.deadline:
-                return "time"
-            return None
+        def cancelled() -> bool:
+            return req.stop_event is not None and req.stop_event.is_set()
 
         # Prefill: reuse the longest cached prefix, keep >= 1 token to get the next logits.
+        # No deadline here: a cut prompt pass would waste its work and answer nothing.
         t0 = time.perf_counter()
         cache, reused = self.cache.take(req.prompt)
         if reused >= len(req.prompt):
@@ -200,7 +202,8 @@ class Engine:
         logits = None
         reason: str | None = None
         for s in range(reused, len(req.prompt), PREFILL_CHUNK):
-            if (reason := stopped()) is not None:
+            if cancelled():
+                reason = "cancelled"
                 break
             chunk = req.prompt[s : s + PREFILL_CHUNK]
             logits = self._forward(chunk, cache, all_logits=False)[-1]
@@ -213,7 +216,7 @@ class Engine:
         t1 = time.perf_counter()
         if reason is None:
             assert logits is not None
-            reason = self._decode(req, drafter, generator, cache, cached, logits, out, stats, stopped)
+            reason = self._decode(req, drafter, generator, cache, cached, logits, out, stats, DecodeClock(req, t1))
         drafter.finish()
         self._observer = None
         if isinstance(drafter, (ModelDrafter, AutoDrafter)):
@@ -223,7 +226,7 @@ class Engine:
         self.cache.put(cached, cache)
         return GenerateResult(out, reason, stats)
 
-    def _decode(self, req, drafter, generator, cache, cached, logits, out, stats, stopped) -> str:
+    def _decode(self, req, drafter, generator, cache, cached, logits, out, stats, clock: "DecodeClock") -> str:
         """Append tokens to `out` until a stop; keep `cache` holding exactly `cached`."""
         ctx = list(req.prompt)
         lang = req.language or "text"
@@ -241,7 +244,7 @@ class Engine:
                 return "stop"
             if len(out) >= req.max_tokens:
                 return "max_tokens"
-            if (reason := stopped(step_s)) is not None:
+            if (reason := clock.stopped(nxt, step_s)) is not None:
                 return reason
             # Draft (never while a constraint is active, nor past max_tokens).
             draft = Draft([])
@@ -290,6 +293,8 @@ class Engine:
                     return "stop"
                 if len(out) >= req.max_tokens:
                     return "max_tokens"
+                if clock.line_done(t):
+                    return "budget"
 
     def _pick(self, logits: torch.Tensor, req: GenerateRequest, generator, out: list[int]) -> int:
         """The target's own next token from one row of logits (greedy or sampled)."""
@@ -351,6 +356,30 @@ class Engine:
             p = torch.where(mask, p, torch.zeros_like(p))
             p = p / p.sum()
         return p
+
+
+class DecodeClock:
+    """The decode-time policy of a request (see GenerateRequest.budget_s)."""
+
+    def __init__(self, req: GenerateRequest, start: float) -> None:
+        self.req = req
+        self.soft = None if req.budget_s is None else start + req.budget_s
+        self.hard = None if req.ceiling_s is None else start + req.ceiling_s
+
+    def line_done(self, token: int) -> bool:
+        """Past the budget and `token` just ended a line."""
+        return self.soft is not None and token in self.req.line_end_ids and time.perf_counter() > self.soft
+
+    def stopped(self, token: int, next_step_s: float) -> str | None:
+        """Before the next forward: cancelled, a line ended past the budget, or the ceiling
+        would pass before that forward finishes."""
+        if self.req.stop_event is not None and self.req.stop_event.is_set():
+            return "cancelled"
+        if self.line_done(token):
+            return "budget"
+        if self.hard is not None and time.perf_counter() + next_step_s > self.hard:
+            return "time"
+        return None
 
 
 def _draft_reuse(drafter: Drafter) -> int:
