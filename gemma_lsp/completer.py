@@ -27,8 +27,6 @@ log = logging.getLogger(__name__)
 # this many times the budget (1.8 s -> 3.6 s by default): a whole line or nothing, in time
 # for editors that give up after 10 s (eglot, lsp-mode) even after a cold prompt pass.
 CEILING_FACTOR = 2.0
-# Stop reasons after which the text's last line may be unfinished (postprocess drops it).
-CUT = ("max_tokens", "budget", "time")
 
 
 @dataclass
@@ -98,6 +96,11 @@ class Completer:
         completer.set_retrieval(settings.retrieval)
         return completer
 
+    def apply(self, settings: Settings) -> None:
+        """Settings that take effect without reloading the model."""
+        self.set_retrieval(settings.retrieval)
+        self.engine.cache.resize(settings.cache_mb << 20)
+
     def set_retrieval(self, name: str) -> None:
         """Switch the retrieval corpus ("stdlib" | "none") without reloading the model."""
         if name == "none":
@@ -144,9 +147,7 @@ class Completer:
             return fast
         t0 = time.perf_counter()
         rest = self.typed_through(snap)
-        prefix, suffix = windows(snap.text, snap.offset, self.prompter.count, settings.prefix_tokens, settings.suffix_tokens)
-        extras = snap.extras or select_extras(snap.chunks, self.prompter.count, settings.extra_tokens)
-        prompt = self.prompter.build(prefix, suffix, extras, snap.path)
+        prompt, prefix, suffix = self._prompt(snap, settings)
         line_start = max(prefix.rfind("\n"), prefix.rfind("\r")) + 1
         line_prefix = prefix[line_start:]
         line_rest = suffix.split("\n", 1)[0]
@@ -177,10 +178,23 @@ class Completer:
         res = self.engine.generate(req)
         raw = self.prompter.decode(res.tokens)
         raw = raw[len(prompt.healed) :] if raw.startswith(prompt.healed) else ""
-        text = postprocess(raw, line_prefix, suffix, single, truncated=res.stop_reason in CUT)
+        text = postprocess(raw, line_prefix, suffix, single, truncated=res.stop_reason == "max_tokens",
+                           timed_out=res.stop_reason in ("budget", "time"))
         if res.stop_reason != "cancelled":
             self._remember(snap, text)
         return Completion(text, raw, res.stats, res.stop_reason, False, (time.perf_counter() - t0) * 1e3, self.target.name)
+
+    def warm(self, snap: Snapshot, settings: Settings, stop: threading.Event | None = None) -> Stats:
+        """Prefill the prompt that a request at `snap`'s cursor would build, so that the
+        request (or the next keystroke there, which only extends it) reuses its KV."""
+        prompt, _, _ = self._prompt(snap, settings)
+        return self.engine.warm(prompt.ids, stop)
+
+    def _prompt(self, snap: Snapshot, settings: Settings):
+        """The prompt at the cursor, with the prefix and suffix windows it was built from."""
+        prefix, suffix = windows(snap.text, snap.offset, self.prompter.count, settings.prefix_tokens, settings.suffix_tokens)
+        extras = snap.extras or select_extras(snap.chunks, self.prompter.count, settings.extra_tokens)
+        return self.prompter.build(prefix, suffix, extras, snap.path), prefix, suffix
 
     def _block_end(self, healed: str, line_prefix: str, suffix: str):
         """Stop multi-line decoding once the text leaves its block: postprocess would cut the rest."""

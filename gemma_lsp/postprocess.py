@@ -117,15 +117,18 @@ def block_ended(text: str, line_prefix: str, suffix: str) -> bool:
     return _cut_suffix_overlap(whole, suffix) != whole
 
 
-def postprocess(raw: str, line_prefix: str, suffix: str, single_line: bool, truncated: bool = False) -> str:
+def postprocess(raw: str, line_prefix: str, suffix: str, single_line: bool, truncated: bool = False,
+                timed_out: bool = False) -> str:
     """Clean `raw` (the text generated at the cursor) for insertion; "" means nothing worth showing.
 
-    `line_prefix` is the cursor line's text before the cursor; `truncated` means generation
-    was cut (max tokens, time), so the last line may be unfinished: it is dropped, in every
-    mode. An answer is whole lines or nothing, never a fragment like `fib` of `fib(n - 1)`.
+    `line_prefix` is the cursor line's text before the cursor. `truncated`: generation was
+    cut by max tokens, so a multi-line answer's last line is unfinished and is dropped (a
+    single line keeps what the user's maxTokens allowed). `timed_out`: it was cut by time,
+    and then any unfinished line is dropped, in every mode: an answer is whole lines or
+    nothing, never a fragment like `fib` of `fib(n - 1) + fib(n - 2)`.
     """
     text = raw.replace("\r\n", "\n")
-    if truncated and not text.endswith("\n"):
+    if not text.endswith("\n") and (timed_out or (truncated and not single_line and "\n" in text)):
         text = text[: text.rfind("\n") + 1]  # a text ending in a newline has no unfinished line
     line_rest = suffix.split("\n", 1)[0]
     if single_line:

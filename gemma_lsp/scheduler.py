@@ -4,6 +4,11 @@ Handlers are async and await `Scheduler.run`; the stdin loop never blocks.
 A request's event is set when (a) the client sends $/cancelRequest (the handler's
 task is cancelled), (b) a newer request arrives for the same document, or (c)
 the server shuts down. The engine checks the event between forward passes.
+
+Background work (warming the KV cache while the user pauses) has the lowest priority:
+at most one such job is pending, a newer one replaces it, and any real request sets its
+event, so a request never waits for more than the one forward (a prefill chunk) that is
+running when it arrives.
 """
 
 from __future__ import annotations
@@ -26,9 +31,11 @@ class Scheduler:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gemma-engine")
         self._latest: dict[str, threading.Event] = {}
         self._all: set[threading.Event] = set()
+        self._background: threading.Event | None = None  # the pending or running low-priority job
 
     async def run(self, key: str, fn: Callable[[threading.Event], T]) -> T:
         """Run fn(stop_event) on the engine thread; supersede the previous request for `key`."""
+        self.preempt()
         stop = threading.Event()
         old = self._latest.get(key)
         if old is not None:
@@ -57,6 +64,37 @@ class Scheduler:
         old = self._latest.pop(key, None)
         if old is not None:
             old.set()
+
+    def preempt(self) -> None:
+        """Stop the background job, if any: a real request is coming."""
+        if self._background is not None:
+            self._background.set()
+            self._background = None
+
+    async def run_background(self, fn: Callable[[threading.Event], T]) -> T | None:
+        """Run fn(stop_event) on the engine thread at the lowest priority; None if it was
+        preempted before it started. fn itself must return soon after the event is set."""
+        self.preempt()
+        stop = self._background = threading.Event()
+        self._all.add(stop)
+
+        def guarded(ev: threading.Event) -> T | None:
+            return None if ev.is_set() else fn(ev)
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self.executor, guarded, stop)
+        except asyncio.CancelledError:
+            stop.set()
+            raise
+        finally:
+            self._all.discard(stop)
+            if self._background is stop:
+                self._background = None
+
+    @property
+    def busy(self) -> bool:
+        """A request is queued or running."""
+        return bool(self._latest)
 
     def submit(self, fn: Callable[[], T]) -> "asyncio.Future[T]":
         """Background engine work (model loading) in queue order with requests."""

@@ -60,12 +60,18 @@ class GemmaProtocol(LanguageServerProtocol):
         super().handle_message(message)
 
 
+# A pause this long after the last change warms the KV cache at the cursor (one job at a
+# time, preempted by any request): typing never waits for it, a pause pays for it.
+WARM_IDLE_S = 0.3
+CURSOR = "gemma/cursor"  # notification {textDocument, position}: the cursor moved (optional)
+
+
 @dataclass
 class Doc:
     text: str
-    version: int
     language: str
     last_line: int = 0
+    cursor: int | None = None  # offset of the cursor as last seen (a change's end, a request); None: unknown
 
 
 class GemmaServer(LanguageServer):
@@ -84,6 +90,9 @@ class GemmaServer(LanguageServer):
         self.completer: Completer | None = None
         self._engine_key: tuple | None = None
         self.encoding = UTF16
+        self._tasks: set[asyncio.Future] = set()  # background tasks, referenced until they end
+        self._warm_timer: asyncio.TimerHandle | None = None
+        self._warmed: tuple | None = None  # what the last warm-up prefilled
 
     def report_server_error(self, error: Exception, source) -> None:
         log.error("internal error: %s", error)  # never a window/showMessage popup
@@ -110,10 +119,62 @@ class GemmaServer(LanguageServer):
             self.completer = Completer.from_settings(self.settings)
             self._engine_key = key
             log.info("model ready: %s", self.completer.target.name)
-        self.completer.set_retrieval(self.settings.retrieval)
+        self.completer.apply(self.settings)
         return self.completer
 
+    def spawn(self, coro) -> None:
+        """Run background work, keeping a reference so it is not collected mid-run."""
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- warming the cache while the user pauses -------------------------------------
+
+    def schedule_warm(self, uri: str) -> None:
+        """(Re)start the idle timer: a burst of changes (a paste, 1,000 edits) costs one warm-up."""
+        if self._warm_timer is not None:
+            self._warm_timer.cancel()
+        self._warm_timer = asyncio.get_running_loop().call_later(WARM_IDLE_S, self._start_warm, uri)
+
+    def _start_warm(self, uri: str) -> None:
+        self._warm_timer = None
+        doc = self.docs.get(uri)
+        if doc is None or self.scheduler.busy:
+            return
+        offset = len(doc.text) if doc.cursor is None else min(doc.cursor, len(doc.text))
+        settings = self.settings
+        key = (uri, doc.text, offset, settings)
+        if key == self._warmed:
+            return
+        self._warmed = key
+        snap = Snapshot(uri, doc.text, offset, doc.language, _path(uri), chunks=self.ring.chunks(uri))
+
+        def work(stop: threading.Event):
+            if self.completer is None or settings.engine_key() != self._engine_key:
+                return None  # never load a model for a warm-up; the preload or a request does
+            self.completer.apply(settings)
+            return self.completer.warm(snap, settings, stop)
+
+        async def run() -> None:
+            try:
+                st = await self.scheduler.run_background(work)
+                if st is not None:
+                    self.stats.add_warmup(st)
+            except Exception as e:  # background work: never surfaces to the client
+                log.debug("warm-up ended: %r", e)
+
+        self.spawn(run())
+
+
     # --- requests -----------------------------------------------------------------
+
+    def focus(self, uri: str) -> None:
+        """The user works in `uri` now (a request, an edit, a cursor move there): the file they
+        left becomes context for the others, so a warm-up builds the prompt a request will."""
+        if self.last_uri is not None and self.last_uri != uri and self.last_uri in self.docs:
+            prev = self.docs[self.last_uri]  # remember where they were
+            self.ring.offer(self.last_uri, _path(self.last_uri), prev.language, prev.text, prev.last_line)
+        self.last_uri = uri
 
     def snapshot(self, uri: str, position: lsp.Position) -> Snapshot:
         doc = self.docs.get(uri)
@@ -121,16 +182,15 @@ class GemmaServer(LanguageServer):
             raise GemmaLspError(f"document {uri} is not open (send textDocument/didOpen first)")
         offset = offset_at(doc.text, position.line, position.character, self.encoding)
         doc.last_line = position.line
-        if self.last_uri is not None and self.last_uri != uri and self.last_uri in self.docs:
-            prev = self.docs[self.last_uri]  # the user left that file: remember where they were
-            self.ring.offer(self.last_uri, _path(self.last_uri), prev.language, prev.text, prev.last_line)
-        self.last_uri = uri
+        doc.cursor = offset
+        self.focus(uri)
         # Only copy the chunks here: tokenizing happens on the engine thread, the
         # tokenizer's only user (a fast tokenizer must not be used from two threads).
         return Snapshot(uri, doc.text, offset, doc.language, _path(uri), chunks=self.ring.chunks(uri))
 
-    async def complete(self, uri: str, position: lsp.Position) -> tuple[Completion | None, int]:
-        """Run one completion; None when superseded or cancelled. Also returns the cursor offset."""
+    async def complete(self, uri: str, position: lsp.Position) -> tuple[Completion | None, Snapshot]:
+        """Run one completion; None when superseded or cancelled. Also returns the snapshot it
+        answers for: the document may change while the engine works."""
         snap = self.snapshot(uri, position)
         settings = self.settings
         if self.completer is not None and settings.engine_key() == self._engine_key:
@@ -138,8 +198,8 @@ class GemmaServer(LanguageServer):
             if fast is not None:
                 self.scheduler.supersede(uri)
                 self.stats.add(fast.stats, fast.latency_ms, True)
-                asyncio.ensure_future(self._verify(snap, settings))
-                return fast, snap.offset
+                self.spawn(self._verify(snap, settings))
+                return fast, snap
 
         def work(stop: threading.Event) -> Completion:
             return self.ensure_completer().complete(snap, settings, stop, instant=False)
@@ -148,7 +208,7 @@ class GemmaServer(LanguageServer):
             c = await self.scheduler.run(uri, work)
         except Superseded:
             self.stats.cancelled += 1
-            return None, snap.offset
+            return None, snap
         except asyncio.CancelledError:
             self.stats.cancelled += 1
             raise
@@ -161,9 +221,9 @@ class GemmaServer(LanguageServer):
             raise
         if c.stop_reason == "cancelled":
             self.stats.cancelled += 1
-            return None, snap.offset
+            return None, snap
         self.stats.add(c.stats, c.latency_ms, c.typed_through)
-        return c, snap.offset
+        return c, snap
 
 
     async def _verify(self, snap: Snapshot, settings: Settings) -> None:
@@ -214,7 +274,9 @@ def create_server(cli_overrides: dict[str, Any] | None = None) -> GemmaServer:
     @ls.feature(lsp.TEXT_DOCUMENT_DID_OPEN)
     def did_open(ls: GemmaServer, params: lsp.DidOpenTextDocumentParams) -> None:
         d = params.text_document
-        ls.docs[d.uri] = Doc(d.text, d.version, d.language_id)
+        ls.docs[d.uri] = Doc(d.text, d.language_id)
+        ls.focus(d.uri)
+        ls.schedule_warm(d.uri)
 
     @ls.feature(lsp.TEXT_DOCUMENT_DID_CHANGE)
     def did_change(ls: GemmaServer, params: lsp.DidChangeTextDocumentParams) -> None:
@@ -225,11 +287,15 @@ def create_server(cli_overrides: dict[str, Any] | None = None) -> GemmaServer:
         for ch in params.content_changes:
             rng = getattr(ch, "range", None)
             if rng is None:
-                doc.text = ch.text
+                doc.text, doc.cursor = ch.text, None
             else:
+                start = offset_at(doc.text, rng.start.line, rng.start.character, ls.encoding)
                 doc.text = apply_change(doc.text, (rng.start.line, rng.start.character),
                                         (rng.end.line, rng.end.character), ch.text, ls.encoding)
-        doc.version = params.text_document.version
+                doc.cursor = start + len(ch.text)  # where typing leaves the cursor
+                doc.last_line = rng.start.line + ch.text.count("\n")
+        ls.focus(params.text_document.uri)
+        ls.schedule_warm(params.text_document.uri)
 
     @ls.feature(lsp.TEXT_DOCUMENT_DID_CLOSE)
     def did_close(ls: GemmaServer, params: lsp.DidCloseTextDocumentParams) -> None:
@@ -239,6 +305,25 @@ def create_server(cli_overrides: dict[str, Any] | None = None) -> GemmaServer:
             ls.ring.offer(uri, _path(uri), doc.language, doc.text, doc.last_line)
         if ls.completer is not None:
             ls.completer.forget(uri)
+
+    @ls.feature(CURSOR)
+    def cursor(ls: GemmaServer, params: Any) -> None:
+        """A client that reports cursor moves (the editor plugins do) lets a pause warm the
+        cache where the user is, before the first request there."""
+        try:
+            uri = str(_field(_field(params, "textDocument"), "uri"))
+            pos = _field(params, "position")
+            line, character = int(_field(pos, "line")), int(_field(pos, "character"))
+        except (KeyError, AttributeError, TypeError, ValueError):
+            log.warning("%s: expected {textDocument: {uri}, position: {line, character}}", CURSOR)
+            return
+        doc = ls.docs.get(uri)
+        if doc is None or line < 0 or character < 0:
+            return
+        doc.cursor = offset_at(doc.text, line, character, ls.encoding)
+        doc.last_line = line
+        ls.focus(uri)
+        ls.schedule_warm(uri)
 
     @ls.feature(lsp.TEXT_DOCUMENT_INLINE_COMPLETION, lsp.InlineCompletionOptions())
     async def inline_completion(ls: GemmaServer, params: lsp.InlineCompletionParams) -> lsp.InlineCompletionList | None:
@@ -250,11 +335,14 @@ def create_server(cli_overrides: dict[str, Any] | None = None) -> GemmaServer:
 
     @ls.feature(lsp.TEXT_DOCUMENT_COMPLETION, lsp.CompletionOptions(trigger_characters=[".", "(", " "]))
     async def completion(ls: GemmaServer, params: lsp.CompletionParams) -> lsp.CompletionList:
+        """One item. isIncomplete is false once there is an answer: the client then filters
+        it as the user types on (a typed-through suggestion stays valid) instead of asking
+        again on every keystroke; an empty answer stays incomplete so that typing re-asks."""
         uri = params.text_document.uri
-        c, offset = await _checked(ls.complete(uri, params.position))
+        c, snap = await _checked(ls.complete(uri, params.position))
         if c is None or not c.text:
             return lsp.CompletionList(is_incomplete=True, items=[])
-        text = ls.docs[uri].text
+        text, offset = snap.text, snap.offset  # the text the answer is for, not the document now
         # Replace the identifier being typed, so the client's filter (the word before the
         # cursor) matches the item; the edit ends at the cursor, never past it.
         start = offset
@@ -273,7 +361,7 @@ def create_server(cli_overrides: dict[str, Any] | None = None) -> GemmaServer:
             insert_text_format=lsp.InsertTextFormat.PlainText,
             text_edit=lsp.TextEdit(range=lsp.Range(lsp.Position(line, col), params.position), new_text=word + c.text),
         )
-        return lsp.CompletionList(is_incomplete=True, items=[item])
+        return lsp.CompletionList(is_incomplete=False, items=[item])
 
     @ls.feature(STATS)
     def stats(ls: GemmaServer, params: Any = None) -> dict[str, object]:
@@ -301,6 +389,11 @@ async def _checked(coro):
         return await coro
     except GemmaLspError as e:
         raise JsonRpcException.from_error(lsp.ResponseError(code=REQUEST_FAILED, message=str(e))) from None
+
+
+def _field(obj: Any, name: str) -> Any:
+    """A field of untyped params, which pygls hands over as an object or a dict."""
+    return obj[name] if isinstance(obj, dict) else getattr(obj, name)
 
 
 def _path(uri: str) -> str:

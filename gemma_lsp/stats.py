@@ -29,6 +29,8 @@ class ServerStats:
     cancelled: int = 0
     typed_through: int = 0
     errors: int = 0
+    warmups: int = 0  # background prompt passes run while the user paused
+    warm_tokens: int = 0  # prompt tokens they computed
     latencies: deque = field(default_factory=lambda: deque(maxlen=2000))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -44,6 +46,11 @@ class ServerStats:
             self.target_forwards += s.target_forwards
             self.latencies.append(latency_ms)
 
+    def add_warmup(self, s: Stats) -> None:
+        with self.lock:
+            self.warmups += 1
+            self.warm_tokens += s.prompt_tokens - s.reused_tokens
+
     def snapshot(self) -> dict[str, object]:
         with self.lock:
             lat = list(self.latencies)
@@ -52,6 +59,7 @@ class ServerStats:
                 "reused_tokens": self.reused_tokens, "tokens": self.tokens, "drafted": self.drafted,
                 "accepted": self.accepted, "target_forwards": self.target_forwards, "cancelled": self.cancelled,
                 "typed_through": self.typed_through, "errors": self.errors,
+                "warmups": self.warmups, "warm_tokens": self.warm_tokens,
                 "latency_ms": {"p50": _percentile(lat, 0.5), "p95": _percentile(lat, 0.95),
                                "last": round(lat[-1], 1) if lat else 0.0},
             }

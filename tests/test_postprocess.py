@@ -112,13 +112,18 @@ def test_truncated_multiline_ending_in_newline_keeps_last_line():
     assert postprocess(raw, "    ", "", single_line=False, truncated=True) == "a = 1\n    b = 2"
 
 
-def test_truncated_answer_is_whole_lines_or_nothing():
+def test_truncated_single_line_keeps_partial_line():
+    assert postprocess("foo(a, b", "x = ", "", single_line=True, truncated=True) == "foo(a, b"
+    assert postprocess("foo(a, b", "x = ", "", single_line=False, truncated=True) == "foo(a, b"
+
+
+def test_cut_by_time_is_whole_lines_or_nothing():
     # The first-contact bug: a deadline cut `fib(n - 1) + fib(n - 2)` to `fib`, and `fib` was shown.
-    assert postprocess("fib", "    return ", "\n", single_line=True, truncated=True) == ""
-    assert postprocess("fib", "    return ", "\n", single_line=False, truncated=True) == ""
-    assert postprocess("foo(a, b", "x = ", "", single_line=True, truncated=True) == ""
-    assert postprocess("fib(n - 1) + fib(n - 2)\n", "    return ", "\n", single_line=True, truncated=True) == (
+    assert postprocess("fib", "    return ", "\n", single_line=True, timed_out=True) == ""
+    assert postprocess("fib", "    return ", "\n", single_line=False, timed_out=True) == ""
+    assert postprocess("fib(n - 1) + fib(n - 2)\n", "    return ", "\n", single_line=True, timed_out=True) == (
         "fib(n - 1) + fib(n - 2)")
+    assert postprocess("a = 1\n    b = comp", "    ", "\n", single_line=False, timed_out=True) == "a = 1"
 
 
 def test_a_gap_ends_where_it_leaves_the_cursors_indentation():

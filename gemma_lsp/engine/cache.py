@@ -80,15 +80,32 @@ class PrefixCache:
         truncate(cache, best_len)
         return cache, best_len
 
-    def put(self, ids: Sequence[int], cache: DynamicCache) -> None:
-        """Store `cache`, which must hold the KV of exactly `ids`; drop it if it exceeds the bound."""
+    def put(self, ids: Sequence[int], cache: DynamicCache, evict: bool = True) -> None:
+        """Store `cache`, which must hold the KV of exactly `ids`; drop it if it exceeds the bound.
+
+        With `evict=False` (background warm-ups) it is stored only if that evicts nothing."""
         assert cache.get_seq_length() == len(ids), (cache.get_seq_length(), len(ids))
         if not ids:
+            return
+        if not evict and self._lru.currsize + cache_bytes(cache) > self.max_bytes:
             return
         try:
             self._lru[tuple(ids)] = cache
         except ValueError:  # larger than the whole bound: keep nothing
             pass
+
+    def resize(self, max_bytes: int) -> None:
+        """Change the bound at run time (setting cacheMb), evicting the oldest entries to fit."""
+        if max_bytes == self.max_bytes:
+            return
+        old = list(self._lru.items())  # oldest first
+        self.max_bytes = max_bytes
+        self._lru = cachetools.LRUCache(maxsize=max_bytes, getsizeof=cache_bytes)
+        for key, cache in old:
+            try:
+                self._lru[key] = cache
+            except ValueError:  # larger than the new bound on its own
+                pass
 
     def clear(self) -> None:
         self._lru.clear()

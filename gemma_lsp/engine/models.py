@@ -10,12 +10,6 @@ A model spec is one of:
 from __future__ import annotations
 
 import hashlib
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never touch the network
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path

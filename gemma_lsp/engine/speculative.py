@@ -171,6 +171,44 @@ class Engine:
             self._observer.observe(start, len(ids), out.hidden_states[-1][0], out.shared_kv_states)
         return out.logits[0].float()
 
+    # --- the prompt pass ---------------------------------------------------------------
+
+    def _prefill(self, prompt: list[int], stop: threading.Event | None, stats: Stats):
+        """Reuse the longest cached prefix, run the rest in chunks; keep >= 1 token to get
+        the next logits. No deadline here: a cut prompt pass would waste its work and answer
+        nothing. Returns (cache, the ids it holds, last logits, "cancelled" or None)."""
+        cache, reused = self.cache.take(prompt)
+        if reused >= len(prompt):
+            reused = len(prompt) - 1
+            truncate(cache, reused)
+        stats.reused_tokens = reused
+        cached: list[int] = list(prompt[:reused])  # tokens whose KV is in `cache`
+        logits = None
+        for s in range(reused, len(prompt), PREFILL_CHUNK):
+            if stop is not None and stop.is_set():
+                return cache, cached, None, "cancelled"
+            chunk = prompt[s : s + PREFILL_CHUNK]
+            logits = self._forward(chunk, cache, all_logits=False)[-1]
+            cached.extend(chunk)
+            stats.target_forwards += 1
+            stats.prefill_forwards += 1
+        return cache, cached, logits, None
+
+    @torch.inference_mode()
+    def warm(self, prompt: list[int], stop: threading.Event | None = None) -> Stats:
+        """Run the prompt pass of a likely next request and cache its KV, nothing else.
+
+        Background work: it stops between chunks when `stop` is set (keeping what it
+        computed), and stores its entry only where that evicts nothing."""
+        stats = Stats(prompt_tokens=len(prompt))
+        if not prompt:
+            return stats
+        t0 = time.perf_counter()
+        cache, cached, _, _ = self._prefill(prompt, stop, stats)
+        stats.prefill_ms = (time.perf_counter() - t0) * 1e3
+        self.cache.put(cached, cache, evict=False)
+        return stats
+
     # --- the loop ------------------------------------------------------------------
 
     @torch.inference_mode()
@@ -187,29 +225,8 @@ class Engine:
         subs = drafter.drafters if isinstance(drafter, AutoDrafter) else [drafter]
         self._observer = next((d for d in subs if isinstance(d, AssistantDrafter)), None)
 
-        def cancelled() -> bool:
-            return req.stop_event is not None and req.stop_event.is_set()
-
-        # Prefill: reuse the longest cached prefix, keep >= 1 token to get the next logits.
-        # No deadline here: a cut prompt pass would waste its work and answer nothing.
         t0 = time.perf_counter()
-        cache, reused = self.cache.take(req.prompt)
-        if reused >= len(req.prompt):
-            reused = len(req.prompt) - 1
-            truncate(cache, reused)
-        stats.reused_tokens = reused
-        cached: list[int] = list(req.prompt[:reused])  # tokens whose KV is in `cache`
-        logits = None
-        reason: str | None = None
-        for s in range(reused, len(req.prompt), PREFILL_CHUNK):
-            if cancelled():
-                reason = "cancelled"
-                break
-            chunk = req.prompt[s : s + PREFILL_CHUNK]
-            logits = self._forward(chunk, cache, all_logits=False)[-1]
-            cached.extend(chunk)
-            stats.target_forwards += 1
-            stats.prefill_forwards += 1
+        cache, cached, logits, reason = self._prefill(req.prompt, req.stop_event, stats)
         stats.prefill_ms = (time.perf_counter() - t0) * 1e3
 
         out: list[int] = []
