@@ -12,6 +12,8 @@ from pathlib import Path
 from .config import DRAFTERS, RETRIEVAL, SINGLE_LINE, Settings
 from .errors import GemmaLspError
 
+COMPLETE_BUDGET_MS = 120_000  # `gemma-lsp complete` is not interactive: let the model finish
+
 
 def _flags(args: argparse.Namespace) -> dict[str, object]:
     """The settings given on the command line (they override the client's)."""
@@ -166,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("location", metavar="FILE:LINE:COL")
     _model_flags(c)
     c.add_argument("--single-line", choices=SINGLE_LINE)
-    c.add_argument("--time-budget-ms", type=int, default=120_000, help="stop decoding after this long (default 120000)")
+    c.add_argument("--time-budget-ms", type=int, default=COMPLETE_BUDGET_MS,
+                   help=f"decoding time budget (default {COMPLETE_BUDGET_MS})")
     c.add_argument("--json", action="store_true", help="print one JSON object with the text and stats")
     c.add_argument("--repeat", type=int, default=1, help="complete N times in one process (shows warm-cache speed)")
     c.set_defaults(func=cmd_complete)

@@ -62,7 +62,7 @@ class GemmaProtocol(LanguageServerProtocol):
 
 # A pause this long after the last change warms the KV cache at the cursor (one job at a
 # time, preempted by any request): typing never waits for it, a pause pays for it.
-WARM_IDLE_S = 0.3
+WARM_IDLE_S = 0.15
 CURSOR = "gemma/cursor"  # notification {textDocument, position}: the cursor moved (optional)
 
 
@@ -158,8 +158,10 @@ class GemmaServer(LanguageServer):
         async def run() -> None:
             try:
                 st = await self.scheduler.run_background(work)
-                if st is not None:
+                if st is not None and st.tokens:
                     self.stats.add_warmup(st)
+                    log.debug("warm-up: %d prompt tokens, %d reused, %.0f ms", st.prompt_tokens,
+                              st.reused_tokens, st.prefill_ms)
             except Exception as e:  # background work: never surfaces to the client
                 log.debug("warm-up ended: %r", e)
 

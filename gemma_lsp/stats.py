@@ -30,7 +30,7 @@ class ServerStats:
     typed_through: int = 0
     errors: int = 0
     warmups: int = 0  # background prompt passes run while the user paused
-    warm_tokens: int = 0  # prompt tokens they computed
+    warm_tokens: int = 0  # prompt tokens they computed (less than asked when a request preempted one)
     latencies: deque = field(default_factory=lambda: deque(maxlen=2000))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -49,7 +49,7 @@ class ServerStats:
     def add_warmup(self, s: Stats) -> None:
         with self.lock:
             self.warmups += 1
-            self.warm_tokens += s.prompt_tokens - s.reused_tokens
+            self.warm_tokens += s.tokens
 
     def snapshot(self) -> dict[str, object]:
         with self.lock:

@@ -146,3 +146,15 @@ def test_registration_with_stand_ins(tmp_path: Path) -> None:
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
     assert "Ran 5 tests, 5 results as expected" in out, out
+
+
+def test_raises_jsonrpc_request_timeout_for_eglot(tmp_path: Path) -> None:
+    """eglot's requests go through jsonrpc (built into Emacs 27+), whose 10 s default is
+    shorter than a cold first completion on a slow CPU."""
+    proc = _emacs(
+        ["-L", str(SOURCE.parent), "--eval",
+         "(progn (require 'gemma-lsp) (require 'jsonrpc) (princ (format \"T %s\\n\" jsonrpc-default-request-timeout)))"],
+        tmp_path,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "T 30" in proc.stdout, proc.stdout + proc.stderr

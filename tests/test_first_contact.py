@@ -20,7 +20,7 @@ from lsprotocol import types as lsp
 
 from test_server_e2e import get_stats, open_doc, start
 
-PAUSE_S = 1.0  # what a user's pause is here: well past the server's idle delay (0.3 s)
+PAUSE_S = 1.0  # what a user's pause is here: well past the server's idle delay (0.15 s)
 
 
 def change(client, uri: str, version: int, line: int, col: int, text: str) -> None:

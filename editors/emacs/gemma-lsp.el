@@ -19,7 +19,8 @@
 ;; own server and its answers are merged into the normal completion popup
 ;; (company, corfu, or `completion-at-point').
 ;;
-;; eglot (built into Emacs 29+): eglot talks to ONE server per buffer, so by
+;; eglot (built into Emacs 29+; on Emacs 28 from ELPA, e.g. Debian 12's
+;; elpa-eglot 1.9, which works): eglot talks to ONE server per buffer, so by
 ;; default gemma-lsp is only appended to `eglot-server-programs' (used for
 ;; modes that have no other server).  Set `gemma-lsp-eglot-placement' to
 ;; `prepend' to use gemma-lsp instead of the language's server in
@@ -40,7 +41,13 @@
 ;;
 ;; Everything that touches eglot or lsp-mode runs after that package loads
 ;; (`with-eval-after-load'), so this file loads and byte-compiles without
-;; either of them: Emacs 28 has no eglot, and lsp-mode comes from MELPA.
+;; either of them: Emacs 28 has no built-in eglot, and lsp-mode comes from
+;; MELPA (or Debian's elpa-lsp-mode).
+;;
+;; Request timeouts: eglot (through jsonrpc) and lsp-mode give up on a request
+;; after 10 s.  The first completion in a file the server has not seen, on a
+;; slow CPU, can take longer (its whole prompt is read first), so this file
+;; raises both to `gemma-lsp-request-timeout' (never lowers them).
 
 ;;; Code:
 
@@ -90,6 +97,13 @@ nil means the server's embedded default model."
   "Sampling temperature; 0 is greedy."
   :type 'number)
 
+(defcustom gemma-lsp-request-timeout 30
+  "Seconds eglot and lsp-mode wait for a request before giving up.
+Both default to 10 s; loading this file raises `jsonrpc-default-request-timeout'
+and `lsp-response-timeout' to this value when they are lower (they are global:
+other servers get the longer wait too).  nil leaves them alone."
+  :type '(choice (const :tag "Leave as is" nil) integer))
+
 (defcustom gemma-lsp-major-modes
   '(python-mode python-ts-mode rust-mode rust-ts-mode go-mode go-ts-mode
     c-mode c-ts-mode c++-mode c++-ts-mode java-mode java-ts-mode
@@ -138,6 +152,23 @@ The same object is sent as didChangeConfiguration settings."
         (json-null nil)
         (json-encoding-pretty-print nil))
     (json-encode (gemma-lsp-initialization-options))))
+
+;;;; Timeouts
+
+(defvar jsonrpc-default-request-timeout)
+(defvar lsp-response-timeout)
+
+(defun gemma-lsp--raise-timeout (var)
+  "Set VAR to `gemma-lsp-request-timeout' if that is longer."
+  (when (and gemma-lsp-request-timeout (boundp var)
+             (numberp (symbol-value var))
+             (< (symbol-value var) gemma-lsp-request-timeout))
+    (set var gemma-lsp-request-timeout)))
+
+(with-eval-after-load 'jsonrpc
+  (gemma-lsp--raise-timeout 'jsonrpc-default-request-timeout))
+(with-eval-after-load 'lsp-mode
+  (gemma-lsp--raise-timeout 'lsp-response-timeout))
 
 ;;;; eglot
 

@@ -41,6 +41,12 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--device", help="server device (default: the server's)")
     t.add_argument("--time-budget-ms", type=int, help="server timeBudgetMs (default: the server's)")
     t.add_argument("--server-log", metavar="FILE", help="write the server's stderr to FILE")
+    t.add_argument("--first-contact", type=int, default=0, metavar="N",
+                   help="instead of typing: open N held-out tasks' files and ask once in each, cold and after "
+                        "a 1 s pause (bench/first_contact.py)")
+    t.add_argument("--busy", type=int, default=0, metavar="K", help="with --first-contact: K busy loops run meanwhile")
+    t.add_argument("--reference", action="store_true",
+                   help="with --first-contact: also run `gemma-lsp complete`'s path on the same tasks")
     t.add_argument("--json", metavar="FILE")
     q = sub.add_parser("quality", help="pass@1 and exact match on HumanEval infilling (post-processed vs raw), "
                                        "per prompt layout; checks drafters give identical completions")

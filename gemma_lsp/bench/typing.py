@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import json
 import os
 import platform
@@ -48,9 +47,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .lsp_client import server_options
+
 GOALS = {"p50_s": 0.8, "p95_s": 2.0, "reuse": 0.90}
-UTF16 = "utf-16"
-_IO_TIMEOUT_S = 600.0  # a single answer never takes this long; a hung server must not hang the bench
 
 
 @dataclass
@@ -116,15 +115,6 @@ def make_script(args: argparse.Namespace) -> Script:
     return Script(args.problem, p["prompt"] + indent, keystrokes_of(body[len(indent):], args.chars))
 
 
-def _plain(x: Any) -> Any:
-    """pygls' client turns untyped results into namedtuples; make them dicts."""
-    if hasattr(x, "_asdict"):
-        return {k: _plain(v) for k, v in x._asdict().items()}
-    if isinstance(x, list):
-        return [_plain(v) for v in x]
-    return x
-
-
 def _delta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, int]:
     return {k: int(b[k]) - int(a.get(k, 0)) for k, v in b.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
@@ -136,94 +126,29 @@ def _pct(xs: list[float], q: float) -> float | None:
     return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
-def server_options(args: argparse.Namespace) -> dict[str, Any]:
-    opts = {
-        "model": args.model, "draftModel": args.draft_model, "drafter": args.drafter, "maxTokens": args.max_tokens,
-        "dtype": args.dtype, "device": args.device, "timeBudgetMs": args.time_budget_ms,
-    }
-    return {k: v for k, v in opts.items() if v is not None}
-
-
 async def _bench(args: argparse.Namespace, script: Script) -> dict[str, Any]:
     from lsprotocol import types as lsp
-    from pygls.lsp.client import LanguageClient
 
     from ..text import position_at
-
-    client = LanguageClient("gemma-lsp-bench-typing", "0")
-    stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
-    log = open(args.server_log, "w", encoding="utf-8") if getattr(args, "server_log", None) else None
-    t_start = time.perf_counter()
-    await client.start_io(sys.executable, "-m", "gemma_lsp", "serve")
-    server = client._server
-
-    async def drain() -> None:  # the server's stderr pipe must never fill up
-        assert server is not None and server.stderr is not None
-        while line := await server.stderr.readline():
-            s = line.decode("utf-8", "replace")
-            stderr_tail.append(s)
-            if log is not None:
-                log.write(s)
-
-    drainer = asyncio.create_task(drain())
-
-    async def call(coro, what: str):
-        try:
-            return await asyncio.wait_for(coro, _IO_TIMEOUT_S)
-        except Exception as e:
-            tail = "".join(stderr_tail)[-3000:]
-            raise RuntimeError(f"{what} failed: {e!r}\n--- server stderr (tail) ---\n{tail}") from e
-
-    async def stats() -> dict[str, Any]:
-        return _plain(await call(client.protocol.send_request_async("gemma/stats", None), "gemma/stats"))
-
-    def inline(uri: str, pos: lsp.Position):
-        return client.text_document_inline_completion_async(lsp.InlineCompletionParams(
-            context=lsp.InlineCompletionContext(trigger_kind=lsp.InlineCompletionTriggerKind.Automatic),
-            text_document=lsp.TextDocumentIdentifier(uri), position=pos))
+    from .lsp_client import lsp_session
 
     def shown(res) -> str:
         return res.items[0].insert_text if res is not None and res.items else ""
 
-    opts = server_options(args)
-    caps = lsp.ClientCapabilities(
-        general=lsp.GeneralClientCapabilities(position_encodings=[UTF16]),
-        text_document=lsp.TextDocumentClientCapabilities(
-            synchronization=lsp.TextDocumentSyncClientCapabilities(did_save=False),
-            inline_completion=lsp.InlineCompletionClientCapabilities(),
-        ),
-    )
-    result: dict[str, Any] = {}
-    try:
-        init = await call(client.initialize_async(lsp.InitializeParams(
-            capabilities=caps, process_id=os.getpid(), root_uri="file:///bench",
-            initialization_options={"gemmaLsp": opts})), "initialize")
-        enc = init.capabilities.position_encoding or UTF16
-        enc = str(getattr(enc, "value", enc))
-        client.initialized(lsp.InitializedParams())
-
-        # Warm-up in another document: waits for the model load, warms kernels.
-        t0 = time.perf_counter()
-        warm_uri = "file:///bench/warmup.py"
-        client.text_document_did_open(lsp.DidOpenTextDocumentParams(
-            lsp.TextDocumentItem(warm_uri, "python", 1, "def add(a, b):\n    ")))
-        await call(inline(warm_uri, lsp.Position(1, 4)), "warm-up completion")
-        ready_s = time.perf_counter() - t_start
-        warm_ms = (time.perf_counter() - t0) * 1e3
-
+    async with lsp_session(args) as s:
+        enc = s.encoding
         uri = "file:///bench/" + ("typed_" + Path(script.name.split(":")[0]).name.replace("/", "_"))
         if not uri.endswith(".py") and script.language == "python":
             uri += ".py"
         text = script.before + script.after
         cursor = len(script.before)
         version = 1
-        client.text_document_did_open(lsp.DidOpenTextDocumentParams(
-            lsp.TextDocumentItem(uri, script.language, version, text)))
-        s0 = await stats()
+        s.open(uri, text, script.language)
+        s0 = await s.stats()
         t0 = time.perf_counter()
-        first = await call(inline(uri, lsp.Position(*position_at(text, cursor, enc))), "first completion")
+        first = await s.inline(uri, lsp.Position(*position_at(text, cursor, enc)))
         open_ms = (time.perf_counter() - t0) * 1e3
-        s1 = await stats()
+        s1 = await s.stats()
         open_stats = _delta(s0, s1)
 
         keys: list[Keystroke] = []
@@ -237,16 +162,13 @@ async def _bench(args: argparse.Namespace, script: Script) -> dict[str, Any]:
                 target = t_typing + sum(len(x) for x in script.keystrokes[:i]) / args.cps
                 if (wait := target - time.perf_counter()) > 0:
                     await asyncio.sleep(wait)
-            sb = await stats() if not args.cps else None
+            sb = await s.stats() if not args.cps else None
             t0 = time.perf_counter()
             version += 1
-            client.text_document_did_change(lsp.DidChangeTextDocumentParams(
-                lsp.VersionedTextDocumentIdentifier(uri=uri, version=version),
-                [lsp.TextDocumentContentChangePartial(range=lsp.Range(lsp.Position(line, col), lsp.Position(line, col)),
-                                                      text=k)]))
+            s.change(uri, version, lsp.Position(line, col), k)
             text = text[:cursor] + k + text[cursor:]
             cursor += len(k)
-            fut = asyncio.ensure_future(inline(uri, lsp.Position(*position_at(text, cursor, enc))))
+            fut = asyncio.ensure_future(s.inline_request(uri, lsp.Position(*position_at(text, cursor, enc))))
             if args.cps:
                 ks = Keystroke(i, k, None, "", predicted)
                 keys.append(ks)
@@ -260,34 +182,20 @@ async def _bench(args: argparse.Namespace, script: Script) -> dict[str, Any]:
                 pending.append((i, t0, fut))
                 prev_shown = ""  # a fast typist does not wait to see it
             else:
-                res = await call(fut, f"completion after keystroke {i + 1}")
+                res = await s.call(fut, f"completion after keystroke {i + 1}")
                 lat = (time.perf_counter() - t0) * 1e3
-                sa = await stats()
+                sa = await s.stats()
                 prev_shown = shown(res)
                 keys.append(Keystroke(i, k, lat, prev_shown, predicted, _delta(sb, sa)))
         if pending:
-            await call(asyncio.gather(*(f for _, _, f in pending), return_exceptions=True), "pending completions")
+            await s.call(asyncio.gather(*(f for _, _, f in pending), return_exceptions=True), "pending completions")
         typing_s = time.perf_counter() - t_typing
-        s2 = await stats()
-        typed = _delta(s1, s2)
-        result = {
-            "encoding": enc, "ready_s": round(ready_s, 2), "warmup_ms": round(warm_ms, 1),
+        s2 = await s.stats()
+        return {
+            "encoding": enc, "ready_s": round(s.ready_s, 2),
             "open_ms": round(open_ms, 1), "open_stats": open_stats, "typing_s": round(typing_s, 2),
-            "stats_keystrokes": typed, "stats_total": s2, "keystrokes": [asdict(k) for k in keys],
+            "stats_keystrokes": _delta(s1, s2), "stats_total": s2, "keystrokes": [asdict(k) for k in keys],
         }
-    finally:
-        try:
-            await asyncio.wait_for(client.shutdown_async(None), 30)
-            client.exit(None)
-            await asyncio.wait_for(client.stop(), 30)
-        except Exception:
-            if server is not None and server.returncode is None:
-                server.kill()  # our own child process, by its handle
-                await server.wait()
-        drainer.cancel()
-        if log is not None:
-            log.close()
-    return result
 
 
 def summarize(res: dict[str, Any], script: Script, args: argparse.Namespace) -> dict[str, Any]:
@@ -369,6 +277,10 @@ def print_report(summ: dict[str, Any], script: Script, info: dict[str, Any]) -> 
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.first_contact:
+        from .first_contact import run as run_first_contact
+
+        return run_first_contact(args)
     script = make_script(args)
     if not script.keystrokes:
         raise SystemExit("gemma-lsp bench typing: nothing to type")

@@ -61,6 +61,10 @@ class PrefixCache:
             maxsize=max_bytes, getsizeof=cache_bytes
         )
 
+    def longest(self, ids: Sequence[int]) -> int:
+        """How many leading tokens of `ids` some entry holds (the cache is left as it is)."""
+        return max((common_prefix(key, ids) for key in self._lru.keys()), default=0)
+
     def take(self, ids: Sequence[int]) -> tuple[DynamicCache, int]:
         """Pop the entry sharing the longest prefix with `ids`, cropped to that prefix.
 

@@ -31,6 +31,9 @@ from .drafters import (AssistantDrafter, AutoDrafter, Draft, Drafter, DraftLengt
 from .retrieval import RetrievalDrafter, TokenIndex
 
 PREFILL_CHUNK = 256  # tokens per prefill forward: a cancel lands between chunks
+# A warm-up's chunks are smaller, so that a request preempting it waits less: a prompt
+# pass costs the same per token from 64 to 512 rows (measured, Xeon 2 cores: 151-167 tok/s).
+WARM_CHUNK = 128
 
 # Given the tokens generated so far, the allowed next tokens (bool mask over the
 # vocabulary), or None when unconstrained. Used for token healing.
@@ -173,7 +176,7 @@ class Engine:
 
     # --- the prompt pass ---------------------------------------------------------------
 
-    def _prefill(self, prompt: list[int], stop: threading.Event | None, stats: Stats):
+    def _prefill(self, prompt: list[int], stop: threading.Event | None, stats: Stats, chunk: int = PREFILL_CHUNK):
         """Reuse the longest cached prefix, run the rest in chunks; keep >= 1 token to get
         the next logits. No deadline here: a cut prompt pass would waste its work and answer
         nothing. Returns (cache, the ids it holds, last logits, "cancelled" or None)."""
@@ -184,12 +187,12 @@ class Engine:
         stats.reused_tokens = reused
         cached: list[int] = list(prompt[:reused])  # tokens whose KV is in `cache`
         logits = None
-        for s in range(reused, len(prompt), PREFILL_CHUNK):
+        for s in range(reused, len(prompt), chunk):
             if stop is not None and stop.is_set():
                 return cache, cached, None, "cancelled"
-            chunk = prompt[s : s + PREFILL_CHUNK]
-            logits = self._forward(chunk, cache, all_logits=False)[-1]
-            cached.extend(chunk)
+            ids = prompt[s : s + chunk]
+            logits = self._forward(ids, cache, all_logits=False)[-1]
+            cached.extend(ids)
             stats.target_forwards += 1
             stats.prefill_forwards += 1
         return cache, cached, logits, None
@@ -204,8 +207,12 @@ class Engine:
         if not prompt:
             return stats
         t0 = time.perf_counter()
-        cache, cached, _, _ = self._prefill(prompt, stop, stats)
+        if (reused := self.cache.longest(prompt)) >= len(prompt) - 1:
+            stats.reused_tokens = reused  # already there (a request just ran here): nothing to do
+            return stats
+        cache, cached, _, _ = self._prefill(prompt, stop, stats, WARM_CHUNK)
         stats.prefill_ms = (time.perf_counter() - t0) * 1e3
+        stats.tokens = len(cached) - stats.reused_tokens  # prompt tokens computed (less if preempted)
         self.cache.put(cached, cache, evict=False)
         return stats
 
