@@ -237,7 +237,7 @@ def run_nvim(tmp_path: Path, settings: dict) -> tuple[dict, Path, str]:
 
 @pytest.mark.slow
 def test_nvim_completes_line_with_real_model(tmp_path: Path) -> None:
-    settings = {"maxTokens": 24, "singleLine": "always", "timeBudgetMs": 60000}
+    settings: dict = {}  # defaults: what a new user gets (the first-contact issue)
     result, src, diag = run_nvim(tmp_path, settings)
     print(diag if "error" in result else "\n".join(result.get("steps", [])))
     assert "error" not in result, diag

@@ -40,6 +40,8 @@ export class GemmaExtension implements vscode.Disposable {
   readonly output: vscode.OutputChannel;
   readonly status: vscode.StatusBarItem;
   lastStats: Stats | null = null;
+  /** Resolves when the current client has started (true) or failed to (false). */
+  private started: Promise<boolean> = Promise.resolve(false);
   private timer: ReturnType<typeof setInterval> | undefined;
   private refreshPending: ReturnType<typeof setTimeout> | undefined;
   private readonly disposables: vscode.Disposable[] = [];
@@ -58,6 +60,7 @@ export class GemmaExtension implements vscode.Disposable {
         this.client
           ? {
               isRunning: () => this.client?.state === State.Running,
+              whenReady: (token) => whenReady(this.started, token),
               sendRequest: (method, params, token) =>
                 this.client!.sendRequest(method, params, token) as Promise<unknown>,
             }
@@ -117,15 +120,21 @@ export class GemmaExtension implements vscode.Disposable {
     this.client = client;
     client.onDidChangeState(() => this.render());
     this.render();
+    const starting = client.start();
+    this.started = starting.then(
+      () => true,
+      () => false,
+    );
     try {
-      await client.start();
+      await starting;
       this.output.appendLine(`gemma-lsp started: ${serverCommand(rawSection(), process.env).command}`);
       this.scheduleRefresh();
     } catch (err) {
       this.output.appendLine(`gemma-lsp failed to start: ${String(err)}`);
       this.render();
       const choice = await vscode.window.showErrorMessage(
-        `gemma-lsp could not start (${String(err)}). Check "gemmaLsp.serverPath" and run \`gemma-lsp doctor\` in a terminal.`,
+        `gemma-lsp could not start (${String(err)}). Check "gemmaLsp.serverPath" in your User settings ` +
+          `(in a remote window: the remote machine's path) and run \`gemma-lsp doctor\` in a terminal.`,
         "Open Settings",
         "Show Log",
       );
@@ -235,6 +244,21 @@ export class GemmaExtension implements vscode.Disposable {
     if (this.refreshPending) clearTimeout(this.refreshPending);
     for (const d of this.disposables.splice(0)) d.dispose();
   }
+}
+
+/** `started`, or false as soon as `token` is cancelled (the user typed on). */
+function whenReady(started: Promise<boolean>, token: vscode.CancellationToken): Promise<boolean> {
+  if (token.isCancellationRequested) return Promise.resolve(false);
+  return new Promise((resolve) => {
+    const sub = token.onCancellationRequested(() => {
+      sub.dispose();
+      resolve(false);
+    });
+    void started.then((ok) => {
+      sub.dispose();
+      resolve(ok && !token.isCancellationRequested);
+    });
+  });
 }
 
 let instance: GemmaExtension | undefined;

@@ -8,6 +8,8 @@ import { inlineCompletionParams, InlineItem, isEnabledFor, toInlineItems } from 
 /** What the provider needs from the language client. */
 export interface Requester {
   isRunning(): boolean;
+  /** Resolves true once the server runs, false if it fails to start or `token` is cancelled. */
+  whenReady(token: vscode.CancellationToken): Promise<boolean>;
   sendRequest(method: string, params: unknown, token?: vscode.CancellationToken): Promise<unknown>;
 }
 
@@ -57,7 +59,11 @@ export class GemmaInlineProvider implements vscode.InlineCompletionItemProvider 
     const cfg = vscode.workspace.getConfiguration("gemmaLsp", document);
     if (!isEnabledFor(document.languageId, cfg.get("enabled"), cfg.get("languages"))) return [];
     const client = this.opts.getClient();
-    if (!client || !client.isRunning()) return [];
+    if (!client) return [];
+    // While the server starts (the model loads) the request waits instead of answering
+    // nothing: VS Code would not ask again until the next edit, and the first ghost text
+    // after opening the editor would never come.
+    if (!client.isRunning() && !(await client.whenReady(token))) return [];
     // Typing fast fires one call per keystroke; VS Code cancels the stale ones. A short
     // wait lets most of them die here instead of reaching the server.
     const debounce = cfg.get<number>("debounceMs") ?? 0;

@@ -36,6 +36,7 @@ beforeEach(async () => {
   LanguageClient.instances.length = 0;
   LanguageClient.handlers.clear();
   LanguageClient.failStart = undefined;
+  LanguageClient.startGate = undefined;
   LanguageClient.handlers.set(STATS_METHOD, () => STATS);
   LanguageClient.handlers.set(INLINE_METHOD, () => ({
     items: [{ insertText: "return x + 1", range: { start: { line: 2, character: 4 }, end: { line: 2, character: 4 } } }],
@@ -114,6 +115,33 @@ test("ghost text: request params and converted items", async () => {
     context: { triggerKind: 2 },
   });
   assert.ok(req.token, "the cancellation token is passed to the client");
+});
+
+test("a request while the server starts waits for it instead of answering nothing", async () => {
+  await deactivate();
+  let open!: () => void;
+  LanguageClient.startGate = new Promise<void>((r) => (open = r));
+  ext = activate(context as never);
+  await tick();
+  assert.equal(client().state, 3, "starting");
+  let answered: unknown[] | undefined;
+  const pending = complete().then((items) => (answered = items));
+  await tick();
+  assert.equal(answered, undefined, "still waiting for the server");
+  open();
+  await pending;
+  assert.equal(answered!.length, 1);
+  // Cancelled while waiting (the user typed on): answered empty at once, no request sent.
+  await deactivate();
+  LanguageClient.startGate = new Promise<void>((r) => (open = r));
+  ext = activate(context as never);
+  await tick();
+  const src = new vscode.CancellationTokenSource();
+  const waiting = complete("python", 1, src.token);
+  src.cancel();
+  assert.deepEqual(await waiting, []);
+  assert.equal(client().requests.filter((r) => r.method === INLINE_METHOD).length, 0);
+  open();
 });
 
 test("snippet results become SnippetString", async () => {

@@ -188,8 +188,29 @@ function M.on_complete_done(bufnr)
   vim.api.nvim_win_set_cursor(0, { row - 1 + #lines, #lines[#lines] })
 end
 
+--- Tells the server where the cursor went (`gemma/cursor`) when it changes line, so that
+--- a pause there warms the server's cache before the first request (typing on the same
+--- line already says so through didChange).
+local function report_cursor(client, bufnr)
+  local last
+  vim.api.nvim_create_autocmd({ 'CursorMoved', 'CursorMovedI', 'BufEnter' }, {
+    group = vim.api.nvim_create_augroup('gemma_lsp_cursor_' .. bufnr, { clear = true }),
+    buffer = bufnr,
+    callback = function()
+      local row = vim.api.nvim_win_get_cursor(0)[1]
+      if row == last or client:is_stopped() then
+        return
+      end
+      last = row
+      client:notify('gemma/cursor', vim.lsp.util.make_position_params(0, client.offset_encoding))
+    end,
+  })
+end
+M.report_cursor = report_cursor
+
 --- LspAttach handler (exposed for tests).
 function M.on_attach(client, bufnr)
+  report_cursor(client, bufnr)
   local c = M.config
   local inline = c.inline ~= false and has_inline()
   if inline then

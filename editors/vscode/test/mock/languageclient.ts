@@ -15,6 +15,8 @@ export class LanguageClient {
   /** Requests answered by every new client; set by the tests. */
   static handlers = new Map<string, Handler>();
   static failStart: Error | undefined;
+  /** When set, start() stays in Starting until this promise resolves. */
+  static startGate: Promise<void> | undefined;
 
   state: State = State.Stopped;
   requests: Array<{ method: string; params: unknown; token: unknown }> = [];
@@ -40,6 +42,7 @@ export class LanguageClient {
 
   async start(): Promise<void> {
     this.setState(State.Starting);
+    if (LanguageClient.startGate) await LanguageClient.startGate;
     if (LanguageClient.failStart) {
       this.setState(State.Stopped);
       throw LanguageClient.failStart;
