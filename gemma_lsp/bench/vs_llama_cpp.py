@@ -131,8 +131,13 @@ def decode(completer, engines, problems, n_prompts: int, n_tokens: int) -> dict[
     return out
 
 
+NEWLINE_RUN = "llama.cpp, newline stop"  # llama.cpp's own way: the answer ends at the first newline
+
+
 def per_task(completer, engines, tasks, keystrokes: int) -> dict[str, Any]:
-    """Whole-pipeline latency per cold task, pass@1, then one keystroke that extends the prompt."""
+    """Whole-pipeline latency per cold task, pass@1, then one keystroke that extends the prompt.
+    Last, llama.cpp once more with every answer cut at the first newline (singleLine always),
+    the rule it and llama.vscode use: the bar for our multi-line policy on single-line gaps."""
     from ..completer import Snapshot
     from ..config import Settings
     from .quality import Grader
@@ -141,7 +146,9 @@ def per_task(completer, engines, tasks, keystrokes: int) -> dict[str, Any]:
     settings = Settings().merged({"timeBudgetMs": 60_000, "singleLine": "auto"})
     ours_engine = completer.engine
     out: dict[str, Any] = {}
-    for name, eng in engines.items():
+    runs = [(name, eng, settings) for name, eng in engines.items()]
+    runs.append((NEWLINE_RUN, engines["llama.cpp"], settings.merged({"singleLine": "always"})))
+    for name, eng, settings in runs:
         completer.engine = eng
         rows = []
         for i, task in enumerate(tasks):
@@ -153,7 +160,7 @@ def per_task(completer, engines, tasks, keystrokes: int) -> dict[str, Any]:
             c = completer.complete(snap, settings, instant=False)
             row = {"task": task.task_id, "ms": round(c.latency_ms, 1), "tokens": c.stats.tokens, "text": c.text,
                    "passed": bool(grader(task, c.text).passed)}
-            if i < keystrokes and task.middle.strip():
+            if i < keystrokes and task.middle.strip() and name != NEWLINE_RUN:
                 typed = task.middle.lstrip()[0]  # the next character the user types
                 pos = len(task.prefix) + len(task.middle) - len(task.middle.lstrip())
                 text = task.prefix + task.middle[: pos - len(task.prefix)] + typed + task.suffix
@@ -240,6 +247,10 @@ def summarize(res: dict[str, Any]) -> dict[str, Any]:
         "pass_at_1": round(o["pass_at_1"] - l["pass_at_1"], 3),
     }
     s["speculative_identical_to_plain"] = res["decode"]["speculative_identical_to_plain"]
+    if NEWLINE_RUN in t:
+        rows = t[NEWLINE_RUN]
+        s[NEWLINE_RUN] = {"pass_at_1": round(sum(r["passed"] for r in rows) / len(rows), 3),
+                          "task_median_ms": med(NEWLINE_RUN, "ms")}
     return s
 
 
@@ -258,4 +269,8 @@ def table(s: dict[str, Any]) -> str:
     for label, key in rows:
         lines.append(f"| {label} | {s['ours'][key]} | {s['llama.cpp'][key]} | {s['ratio'][key]} |")
     lines.append(f"\nspeculative decode output identical to plain: {s['speculative_identical_to_plain']} prompts")
+    if NEWLINE_RUN in s:
+        n = s[NEWLINE_RUN]
+        lines.append(f"{NEWLINE_RUN}: pass@1 {n['pass_at_1']}, per task median {n['task_median_ms']} ms "
+                     f"(ours, deciding how much to write: pass@1 {s['ours']['pass_at_1']})")
     return "\n".join(lines)
