@@ -44,6 +44,15 @@ async def wait_for_model(client) -> None:
     await inline(client, "file:///tmp/load.py", 0, 4)
 
 
+async def ask_and_count(client, uri: str, line: int, col: int, min_warmups: int) -> tuple[int, int]:
+    """(reused, prompt) tokens of one request, after checking the warm-ups so far."""
+    before = await get_stats(client)
+    assert before["warmups"] >= min_warmups
+    await inline(client, uri, line, col)
+    after = await get_stats(client)
+    return (after["reused_tokens"] - before["reused_tokens"], after["prompt_tokens"] - before["prompt_tokens"])
+
+
 async def test_a_pause_after_typing_warms_the_prompt_at_the_cursor(tiny_qwen_dir):
     client, _ = await start(tiny_qwen_dir, options={"maxTokens": 8})
     try:
@@ -52,12 +61,7 @@ async def test_a_pause_after_typing_warms_the_prompt_at_the_cursor(tiny_qwen_dir
         open_doc(client, uri, BODY + "def main():\n")
         change(client, uri, 2, BODY.count("\n") + 1, 0, "    ")  # the editor's auto-indent
         await asyncio.sleep(PAUSE_S)
-        before = await get_stats(client)
-        assert before["warmups"] >= 1
-        await inline(client, uri, BODY.count("\n") + 1, 4)
-        after = await get_stats(client)
-        prompt = after["prompt_tokens"] - before["prompt_tokens"]
-        reused = after["reused_tokens"] - before["reused_tokens"]
+        reused, prompt = await ask_and_count(client, uri, BODY.count("\n") + 1, 4, min_warmups=1)
         assert prompt > 500 and reused >= 0.9 * prompt, (reused, prompt)
     finally:
         await client.shutdown_session()
@@ -74,12 +78,7 @@ async def test_cursor_notification_warms_where_the_user_went(tiny_qwen_dir):
         client.protocol.notify("gemma/cursor", {"textDocument": {"uri": uri}, "position": {"line": line, "character": 4}})
         client.protocol.notify("gemma/cursor", {"textDocument": 5})  # malformed: ignored, nothing breaks
         await asyncio.sleep(PAUSE_S)
-        before = await get_stats(client)
-        assert before["warmups"] >= 2
-        await inline(client, uri, line, 4)
-        after = await get_stats(client)
-        prompt = after["prompt_tokens"] - before["prompt_tokens"]
-        reused = after["reused_tokens"] - before["reused_tokens"]
+        reused, prompt = await ask_and_count(client, uri, line, 4, min_warmups=2)
         assert reused >= 0.9 * prompt, (reused, prompt)
     finally:
         await client.shutdown_session()
