@@ -167,7 +167,6 @@ class GemmaServer(LanguageServer):
 
         self.spawn(run())
 
-
     # --- requests -----------------------------------------------------------------
 
     def focus(self, uri: str) -> None:

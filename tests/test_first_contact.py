@@ -15,7 +15,6 @@ import subprocess
 import sys
 import threading
 
-import pytest
 from lsprotocol import types as lsp
 
 from test_server_e2e import get_stats, open_doc, start
