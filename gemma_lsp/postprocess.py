@@ -76,10 +76,10 @@ def _block_indent(first_line: str, line_prefix: str, suffix: str) -> int:
     """
     after = [ln for ln in suffix.split("\n")[1:] if ln.strip()]
     gap = bool(line_prefix) and not line_prefix.strip()
-    if gap and after:
-        return len(line_prefix)
     if gap:
         base = len(line_prefix)  # the editor's auto-indent says where the block is
+        if after:
+            return base
     else:  # at column 0 or after code on the line: the model's first line says it
         base = _indent(line_prefix + first_line) if (line_prefix + first_line).strip() else _indent(line_prefix)
     if after:

@@ -61,20 +61,25 @@ class PrefixCache:
             maxsize=max_bytes, getsizeof=cache_bytes
         )
 
+    def _best(self, ids: Sequence[int]) -> tuple[tuple[int, ...] | None, int]:
+        """The key sharing the longest prefix with `ids`, and that length (None, 0: none)."""
+        best_key, best_len = None, 0
+        for key in self._lru.keys():
+            n = common_prefix(key, ids)
+            if n > best_len:
+                best_key, best_len = key, n
+        return best_key, best_len
+
     def longest(self, ids: Sequence[int]) -> int:
         """How many leading tokens of `ids` some entry holds (the cache is left as it is)."""
-        return max((common_prefix(key, ids) for key in self._lru.keys()), default=0)
+        return self._best(ids)[1]
 
     def take(self, ids: Sequence[int]) -> tuple[DynamicCache, int]:
         """Pop the entry sharing the longest prefix with `ids`, cropped to that prefix.
 
         Returns a fresh empty cache and 0 when nothing matches.
         """
-        best_key, best_len = None, 0
-        for key in self._lru.keys():
-            n = common_prefix(key, ids)
-            if n > best_len:
-                best_key, best_len = key, n
+        best_key, best_len = self._best(ids)
         if best_key is None:
             return DynamicCache(), 0
         if best_len >= len(best_key) - 1:  # the new prompt extends this entry: take it, no copy
@@ -106,10 +111,7 @@ class PrefixCache:
         self.max_bytes = max_bytes
         self._lru = cachetools.LRUCache(maxsize=max_bytes, getsizeof=cache_bytes)
         for key, cache in old:
-            try:
-                self._lru[key] = cache
-            except ValueError:  # larger than the new bound on its own
-                pass
+            self.put(key, cache)  # drops an entry larger than the new bound on its own
 
     def clear(self) -> None:
         self._lru.clear()
