@@ -44,6 +44,23 @@ def truncate(cache: DynamicCache, length: int) -> None:
         cache.crop(-extra)
 
 
+def restore(cache: DynamicCache, length: int) -> bool:
+    """Crop every layer back to `length` positions after a forward that may have raised part
+    way (some layers appended, others not). False when a layer holds fewer: the entry is
+    then unusable and must be dropped, never stored."""
+    layers = getattr(cache, "layers", None)
+    if layers is None:
+        truncate(cache, length)
+        return cache.get_seq_length() == length
+    for layer in layers:
+        extra = layer.get_seq_length() - length
+        if extra < 0:
+            return False
+        if extra > 0:
+            layer.crop(-extra)
+    return True
+
+
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
     i = 0

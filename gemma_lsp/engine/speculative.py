@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..names import DRAFTERS
-from .cache import PrefixCache, truncate
+from .cache import PrefixCache, restore, truncate
 from .costs import CostCurve
 from .drafters import (AssistantDrafter, AutoDrafter, Draft, Drafter, DraftLength, ModelDrafter, NGramDrafter, NoDrafter,
                        SuggestionDrafter)
@@ -187,14 +187,19 @@ class Engine:
         stats.reused_tokens = reused
         cached: list[int] = list(prompt[:reused])  # tokens whose KV is in `cache`
         logits = None
-        for s in range(reused, len(prompt), chunk):
-            if stop is not None and stop.is_set():
-                return cache, cached, None, "cancelled"
-            ids = prompt[s : s + chunk]
-            logits = self._forward(ids, cache, all_logits=False)[-1]
-            cached.extend(ids)
-            stats.target_forwards += 1
-            stats.prefill_forwards += 1
+        try:
+            for s in range(reused, len(prompt), chunk):
+                if stop is not None and stop.is_set():
+                    return cache, cached, None, "cancelled"
+                ids = prompt[s : s + chunk]
+                logits = self._forward(ids, cache, all_logits=False)[-1]
+                cached.extend(ids)
+                stats.target_forwards += 1
+                stats.prefill_forwards += 1
+        except BaseException:  # keep the reused prefix and the chunks done: the next request needs them
+            if restore(cache, len(cached)):
+                self.cache.put(cached, cache)
+            raise
         return cache, cached, logits, None
 
     @torch.inference_mode()
@@ -238,16 +243,22 @@ class Engine:
 
         out: list[int] = []
         t1 = time.perf_counter()
-        if reason is None:
-            assert logits is not None
-            reason = self._decode(req, drafter, generator, cache, cached, logits, out, stats, DecodeClock(req, t1))
-        drafter.finish()
-        self._observer = None
+        try:
+            if reason is None:
+                assert logits is not None
+                reason = self._decode(req, drafter, generator, cache, cached, logits, out, stats, DecodeClock(req, t1))
+        finally:
+            # Whatever happens in decoding (a drafter or a forward raising), the entry taken
+            # from the cache goes back holding exactly `cached`: a failed request costs the
+            # next one nothing. A forward that raised may have appended to some layers only.
+            drafter.finish()
+            self._observer = None
+            if restore(cache, len(cached)):
+                self.cache.put(cached, cache)
         if isinstance(drafter, (ModelDrafter, AutoDrafter)):
             stats.draft_reused_tokens = _draft_reuse(drafter)
         stats.decode_ms = (time.perf_counter() - t1) * 1e3
         stats.tokens = len(out)
-        self.cache.put(cached, cache)
         return GenerateResult(out, reason, stats)
 
     def _decode(self, req, drafter, generator, cache, cached, logits, out, stats, clock: "DecodeClock") -> str:
@@ -258,18 +269,9 @@ class Engine:
         step_s = 0.0
         while True:
             # Emit the target's chosen token.
-            if nxt in req.stop_ids:
-                return "stop"
-            out.append(nxt)
-            ctx.append(nxt)
-            if nxt in req.newline_ids:
-                return "newline"
-            if req.stop_after is not None and req.stop_after(out):
-                return "stop"
-            if len(out) >= req.max_tokens:
-                return "max_tokens"
-            if (reason := clock.stopped(nxt, step_s)) is not None:
+            if (reason := emit(req, out, nxt) or clock.stopped(nxt, step_s)) is not None:
                 return reason
+            ctx.append(nxt)
             # Draft (never while a constraint is active, nor past max_tokens).
             draft = Draft([])
             room = req.max_tokens - len(out)
@@ -307,18 +309,9 @@ class Engine:
             # Emit accepted draft tokens; they are the target's own choices, so they
             # may hit a stop. Extra KV beyond `out` is harmless: `cached` names it exactly.
             for t in draft.tokens[:n_acc]:
-                if t in req.stop_ids:
-                    return "stop"
-                out.append(t)
+                if (reason := emit(req, out, t) or ("budget" if clock.line_done(t) else None)) is not None:
+                    return reason
                 ctx.append(t)
-                if t in req.newline_ids:
-                    return "newline"
-                if req.stop_after is not None and req.stop_after(out):
-                    return "stop"
-                if len(out) >= req.max_tokens:
-                    return "max_tokens"
-                if clock.line_done(t):
-                    return "budget"
 
     def _pick(self, logits: torch.Tensor, req: GenerateRequest, generator, out: list[int]) -> int:
         """The target's own next token from one row of logits (greedy or sampled)."""
@@ -380,6 +373,21 @@ class Engine:
             p = torch.where(mask, p, torch.zeros_like(p))
             p = p / p.sum()
         return p
+
+
+def emit(req: GenerateRequest, out: list[int], token: int) -> str | None:
+    """Append the target's chosen `token` to `out` under the request's stop rules; the stop
+    reason, or None to go on. One home for these rules: every engine and backend calls it."""
+    if token in req.stop_ids:
+        return "stop"  # a stop token is never part of the answer
+    out.append(token)
+    if token in req.newline_ids:
+        return "newline"
+    if req.stop_after is not None and req.stop_after(out):
+        return "stop"
+    if len(out) >= req.max_tokens:
+        return "max_tokens"
+    return None
 
 
 class DecodeClock:
