@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,8 @@ def _flags(args: argparse.Namespace) -> dict[str, object]:
         "model": args.model, "draftModel": args.draft_model, "drafter": args.drafter, "maxTokens": args.max_tokens,
         "dtype": args.dtype, "device": args.device, "singleLine": getattr(args, "single_line", None),
         "timeBudgetMs": getattr(args, "time_budget_ms", None), "retrieval": getattr(args, "retrieval", None),
+        "backend": getattr(args, "backend", None), "backendModel": getattr(args, "backend_model", None),
+        "apiKeyEnv": getattr(args, "api_key_env", None), "cacheMb": getattr(args, "cache_mb", None),
     }.items() if v is not None}
 
 
@@ -36,6 +39,13 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", help="auto (CPU: a GGUF model runs its own int4/int8 weights) | gguf | bfloat16 | float32 | float16")
     p.add_argument("--device", help="auto | cpu | cuda")
     p.add_argument("--retrieval", choices=RETRIEVAL, help="retrieval drafts for Python: stdlib (default) | none")
+
+
+def _backend_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", help="inprocess (default) | local (one shared engine per user and model) | "
+                                     "an OpenAI-compatible server's base URL, e.g. http://127.0.0.1:8000/v1")
+    p.add_argument("--backend-model", help="the model name the server serves (default: the first of /v1/models)")
+    p.add_argument("--api-key-env", help="name of the environment variable that holds the server's API key")
 
 
 def parse_location(loc: str) -> tuple[Path, int, int]:
@@ -141,6 +151,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_engine(args: argparse.Namespace) -> int:
+    from .backends import inprocess
+    from .backends.daemon import Daemon
+    from .backends.local import hold_lock, socket_path
+
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = _settings(args)
+    path = Path(args.socket) if args.socket else socket_path(settings)
+    lock = hold_lock(path)
+    if lock is None:  # started twice at once: the first one serves
+        print(f"gemma-lsp engine: another engine already serves {path}", file=sys.stderr)
+        return 0
+    t0 = time.perf_counter()
+    built = inprocess.from_settings(settings)
+    daemon = Daemon(built.engine, built.target.tokenizer, built.target.name, path, idle_s=args.idle_exit)
+    daemon.bind()
+    logging.getLogger("gemma_lsp.engine").info("engine ready on %s (pid %d, model %s, %s; %.1f s)", path, os.getpid(),
+                                               built.target.name, built.target.weights, time.perf_counter() - t0)
+    daemon.serve_forever()
+    lock.close()
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import doctor
 
@@ -159,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="run the language server (LSP over stdio)")
     _model_flags(s)
+    _backend_flags(s)
     s.add_argument("--tcp", type=int, metavar="PORT", help="listen on 127.0.0.1:PORT instead of stdio")
     s.add_argument("--verbose", action="store_true", help="debug logging to stderr (prompts only with logPrompts)")
     s.add_argument("--log-protocol", action="store_true", help="log every LSP message, document text included")
@@ -167,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("complete", help="complete FILE at LINE:COL (1-based, COL in characters)")
     c.add_argument("location", metavar="FILE:LINE:COL")
     _model_flags(c)
+    _backend_flags(c)
     c.add_argument("--single-line", choices=SINGLE_LINE)
     c.add_argument("--time-budget-ms", type=int, default=COMPLETE_BUDGET_MS,
                    help=f"decoding time budget (default {COMPLETE_BUDGET_MS})")
@@ -180,6 +215,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure the forward-cost curve again (do it on an idle machine)")
     r.add_argument("--retrieval", choices=RETRIEVAL, default="stdlib", help="index the retrieval corpus (default stdlib)")
     r.set_defaults(func=cmd_prepare)
+
+    e = sub.add_parser("engine", help="run the shared engine daemon (serve --backend local starts it by itself)")
+    _model_flags(e)
+    e.add_argument("--cache-mb", type=int, help="KV prefix cache size in MiB (default 2048)")
+    e.add_argument("--socket", help="Unix socket path (default: one per user and model in the runtime dir)")
+    e.add_argument("--idle-exit", type=float, default=300.0, help="exit this many seconds after the last client leaves")
+    e.set_defaults(func=cmd_engine)
 
     d = sub.add_parser("doctor", help="check the installation and say how to fix what is missing")
     d.set_defaults(func=cmd_doctor)

@@ -14,10 +14,13 @@ from dataclasses import dataclass, field
 from . import corpus
 from .config import Settings
 from .context import Chunk, select_extras, windows
-from .engine import Engine, GenerateRequest, Stats
-from .engine.costs import CostCurve, curve_for
-from .engine.models import Loaded, load, same_vocab
-from .errors import ModelError
+from .backends import Backend, inprocess
+from .backends.http import Http
+from .backends.local import LocalBackend
+from .backends.openai import OpenAIBackend, api_headers
+from .engine import GenerateRequest, Stats
+from .engine.costs import CostCurve
+from .engine.models import Loaded, load_tokenizer
 from .postprocess import block_ended, postprocess, single_line_wanted
 from .prompt import Prompter
 
@@ -51,11 +54,13 @@ class Completion:
     typed_through: bool = False
     latency_ms: float = 0.0
     model: str = ""
+    backend: str = "inprocess"  # the backend that computed it (or the suggestion it types through)
 
     def as_dict(self) -> dict[str, object]:
         d = self.stats.as_dict()
         d.update(text=self.text, raw=self.raw, stop_reason=self.stop_reason, typed_through=self.typed_through,
-                 latency_ms=round(self.latency_ms, 1), model=self.model)
+                 latency_ms=round(self.latency_ms, 1), model=self.model,
+                 backend=self.backend)
         return d
 
 
@@ -69,44 +74,46 @@ class _Shown:
 
 
 class Completer:
-    def __init__(self, target: Loaded, draft: Loaded | None = None, settings: Settings = Settings(),
-                 layout: str = "", heal: bool = True, cost: CostCurve | None = None) -> None:
-        assistant = draft is not None and draft.is_assistant
-        if draft is not None and not assistant:
-            same_vocab(target.tokenizer, draft.tokenizer)
-        if assistant and draft.model.config.get_text_config().vocab_size != target.model.config.get_text_config().vocab_size:
-            raise ModelError("the Gemma 4 assistant's vocabulary size differs from the target's: not its assistant")
-        self.target = target
-        self.draft = draft
-        self.prompter = Prompter(target.tokenizer, layout=layout, heal=heal)
-        self.engine = Engine(target.model, draft.model if draft and not assistant else None,
-                             cache_bytes=settings.cache_mb << 20, assistant=draft.model if assistant else None,
-                             cost=cost)
+    """Text in, text out, over a `Backend` (backends/): the engine in this process, the
+    shared engine daemon, or a remote server. `engine` is set only in the first case."""
+
+    def __init__(self, tokenizer: object, backend: Backend, name: str, layout: str = "", heal: bool = True,
+                 built: inprocess.Built | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.backend = backend
+        self.name = name  # the model, as Completion.model reports it
+        self.built = built
+        self.engine = built.engine if built is not None else None
+        self.target = built.target if built is not None else None
+        self.prompter = Prompter(tokenizer, layout=layout, heal=heal)
         self._newlines: frozenset[int] | None = None
         self._shown: dict[str, _Shown] = {}
 
     @classmethod
+    def inprocess(cls, target: Loaded, draft: Loaded | None = None, settings: Settings = Settings(),
+                  layout: str = "", heal: bool = True, cost: CostCurve | None = None) -> "Completer":
+        built = inprocess.build(target, draft, settings.cache_mb << 20, cost)
+        return cls(target.tokenizer, built.engine, target.name, layout, heal, built)
+
+    @classmethod
     def from_settings(cls, settings: Settings, layout: str = "", heal: bool = True) -> "Completer":
-        target = load(settings.model, settings.device, settings.dtype)
-        draft_spec = settings.draft_model or (str(target.preset_draft) if target.preset_draft else None)
-        draft = load(draft_spec, settings.device, settings.dtype) if draft_spec else None
-        # Measured once per machine and model (a few seconds), then read from the cache dir.
-        cost = curve_for(target)
-        completer = cls(target, draft, settings, layout, heal, cost)
-        completer.set_retrieval(settings.retrieval)
-        return completer
+        if settings.backend == "inprocess":
+            built = inprocess.from_settings(settings)
+            return cls(built.target.tokenizer, built.engine, built.target.name, layout, heal, built)
+        tokenizer, name = load_tokenizer(settings.model)  # prompts are built here, ids computed there
+        if settings.backend == "local":
+            backend: Backend = LocalBackend(settings, tokenizer)
+        else:
+            backend = OpenAIBackend(Http(settings.backend, api_headers(settings.api_key_env)), tokenizer,
+                                    settings.backend_model)
+        return cls(tokenizer, backend, name, layout, heal)
 
     def apply(self, settings: Settings) -> None:
-        """Settings that take effect without reloading the model."""
-        self.set_retrieval(settings.retrieval)
-        self.engine.cache.resize(settings.cache_mb << 20)
-
-    def set_retrieval(self, name: str) -> None:
-        """Switch the retrieval corpus ("stdlib" | "none") without reloading the model."""
-        if name == "none":
-            self.engine.retrieval = None
-        elif self.engine.retrieval is None:
-            self.engine.retrieval = corpus.index_for(self.target.tokenizer)
+        """Settings that take effect without reloading the model (in-process only: the
+        daemon takes them when it starts, a remote server has its own)."""
+        if self.built is not None:
+            inprocess.set_retrieval(self.built, settings.retrieval)
+            self.built.engine.cache.resize(settings.cache_mb << 20)
 
     def newline_ids(self) -> frozenset[int]:
         if self._newlines is None:
@@ -137,7 +144,7 @@ class Completer:
             return None
         self._remember(snap, rest)
         return Completion(rest, rest, Stats(drafter="typed-through"), "typed-through", True,
-                          (time.perf_counter() - t0) * 1e3, self.target.name)
+                          (time.perf_counter() - t0) * 1e3, self.name, self.backend.name)
 
     def complete(self, snap: Snapshot, settings: Settings, stop: threading.Event | None = None,
                  instant: bool = True) -> Completion:
@@ -171,24 +178,24 @@ class Completer:
             constraint=self.prompter.heal_constraint(prompt.healed),
             stop_after=self._block_end(prompt.healed, line_prefix, suffix) if settings.stop_at_block_end and not single else None,
             language=snap.language,
-            retrieval=snap.language in corpus.LANGUAGES,
+            retrieval=snap.language in corpus.LANGUAGES and settings.retrieval != "none",
         )
         if settings.log_prompts:
             log.debug("prompt for %s: %r", snap.uri, self.prompter.decode(prompt.ids))
-        res = self.engine.generate(req)
+        res = self.backend.generate(req)
         raw = self.prompter.decode(res.tokens)
         raw = raw[len(prompt.healed) :] if raw.startswith(prompt.healed) else ""
         text = postprocess(raw, line_prefix, suffix, single, truncated=res.stop_reason == "max_tokens",
                            timed_out=res.stop_reason in ("budget", "time"))
         if res.stop_reason != "cancelled":
             self._remember(snap, text)
-        return Completion(text, raw, res.stats, res.stop_reason, False, (time.perf_counter() - t0) * 1e3, self.target.name)
+        return Completion(text, raw, res.stats, res.stop_reason, False, (time.perf_counter() - t0) * 1e3, self.name, self.backend.name)
 
     def warm(self, snap: Snapshot, settings: Settings, stop: threading.Event | None = None) -> Stats:
         """Prefill the prompt that a request at `snap`'s cursor would build, so that the
         request (or the next keystroke there, which only extends it) reuses its KV."""
         prompt, _, _ = self._prompt(snap, settings)
-        return self.engine.warm(prompt.ids, stop)
+        return self.backend.warm(prompt.ids, stop)
 
     def _prompt(self, snap: Snapshot, settings: Settings):
         """The prompt at the cursor, with the prefix and suffix windows it was built from."""

@@ -7,6 +7,7 @@ Unknown keys are ignored; a known key with a bad value is a clear error.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,6 +15,7 @@ from .errors import GemmaLspError
 from .names import DRAFTERS
 
 SINGLE_LINE = ("auto", "always", "never")
+BACKENDS = ("inprocess", "local")
 RETRIEVAL = ("stdlib", "none")
 DTYPES = ("auto", "gguf", "bfloat16", "bf16", "float32", "fp32", "float16", "fp16")  # what engine.models.pick_dtype takes
 
@@ -37,6 +39,11 @@ class Settings:
     log_prompts: bool = False
     stop_at_block_end: bool = True  # multi-line: stop decoding once the text leaves the cursor's block
     retrieval: str = "stdlib"  # retrieval drafts for Python from the standard library | "none"
+    # Who runs the model: "inprocess" (this process), "local" (one shared engine daemon per user,
+    # machine and model), or the base URL of an OpenAI-compatible server ("http://127.0.0.1:8000/v1").
+    backend: str = "inprocess"
+    backend_model: str | None = None  # the model name a server serves; None: the first of its /v1/models
+    api_key_env: str | None = None  # name of the environment variable holding the server's API key
 
     def merged(self, obj: Any) -> "Settings":
         """A copy with the keys of `obj` (camelCase, optionally under "gemmaLsp") applied."""
@@ -73,7 +80,7 @@ class Settings:
 
     def engine_key(self) -> tuple[Any, ...]:
         """Settings that need a model reload when they change."""
-        return (self.model, self.draft_model, self.dtype, self.device)
+        return (self.model, self.draft_model, self.dtype, self.device, self.backend, self.backend_model, self.api_key_env)
 
 
 def _camel(name: str) -> str:
@@ -83,9 +90,17 @@ def _camel(name: str) -> str:
 
 def _check(name: str, value: Any) -> Any:
     key = _camel(name)
-    if name in ("model", "draft_model"):
+    if name in ("model", "draft_model", "backend_model"):
         if value is not None and not isinstance(value, str):
             raise GemmaLspError(f"{key} must be a string or null")
+        return value or None
+    if name == "backend":
+        if not isinstance(value, str) or not (value in BACKENDS or value.startswith(("http://", "https://"))):
+            raise GemmaLspError(f"backend must be {' or '.join(map(repr, BACKENDS))} or an http(s):// base URL; got {value!r}")
+        return value.rstrip("/") if value.startswith("http") else value
+    if name == "api_key_env":
+        if value is not None and not (isinstance(value, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value)):
+            raise GemmaLspError(f"apiKeyEnv must name an environment variable (the key itself never goes in settings); got {value!r}")
         return value or None
     if name == "drafter":
         if value not in DRAFTERS:

@@ -12,3 +12,9 @@ class GemmaLspError(Exception):
 
 class ModelError(GemmaLspError):
     """A model could not be found, verified, converted or loaded."""
+
+
+class BackendError(GemmaLspError):
+    """The model server could not answer (down, refused, timed out, wrong model).
+
+    The server answers the request with nothing and tells the user once per outage."""

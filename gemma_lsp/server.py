@@ -23,7 +23,7 @@ from . import __version__
 from .completer import Completer, Completion, Snapshot
 from .config import Settings
 from .context import ContextRing
-from .errors import GemmaLspError
+from .errors import BackendError, GemmaLspError
 from .scheduler import Scheduler, Superseded
 from .stats import ServerStats
 from .text import UTF16, apply_change, offset_at, position_at
@@ -93,6 +93,7 @@ class GemmaServer(LanguageServer):
         self._tasks: set[asyncio.Future] = set()  # background tasks, referenced until they end
         self._warm_timer: asyncio.TimerHandle | None = None
         self._warmed: tuple | None = None  # what the last warm-up prefilled
+        self._down: str | None = None  # the backend's error while it is not answering
 
     def report_server_error(self, error: Exception, source) -> None:
         log.error("internal error: %s", error)  # never a window/showMessage popup
@@ -118,7 +119,7 @@ class GemmaServer(LanguageServer):
             log.info("loading model %s", self.settings.model or "(default)")
             self.completer = Completer.from_settings(self.settings)
             self._engine_key = key
-            log.info("model ready: %s", self.completer.target.name)
+            log.info("model ready: %s (backend %s)", self.completer.name, self.completer.backend.name)
         self.completer.apply(self.settings)
         return self.completer
 
@@ -213,6 +214,10 @@ class GemmaServer(LanguageServer):
         except asyncio.CancelledError:
             self.stats.cancelled += 1
             raise
+        except BackendError as e:  # the model server is away: answer nothing, say so once
+            self.stats.errors += 1
+            self.backend_down(str(e))
+            return None, snap
         except GemmaLspError:
             self.stats.errors += 1
             raise
@@ -220,11 +225,21 @@ class GemmaServer(LanguageServer):
             self.stats.errors += 1
             log.exception("completion failed for %s", uri)
             raise
+        self.backend_down(None)
         if c.stop_reason == "cancelled":
             self.stats.cancelled += 1
             return None, snap
-        self.stats.add(c.stats, c.latency_ms, c.typed_through)
+        self.stats.add(c.stats, c.latency_ms, c.typed_through, c.backend)
         return c, snap
+
+    def backend_down(self, error: str | None) -> None:
+        """Tell the user once when the backend stops answering, and once when it is back."""
+        if error is not None and self._down is None:
+            log.error("backend failed: %s", error)
+            self.window_show_message(lsp.ShowMessageParams(lsp.MessageType.Error, f"gemma-lsp: {error}"))
+        elif error is None and self._down is not None:
+            self.window_show_message(lsp.ShowMessageParams(lsp.MessageType.Info, "gemma-lsp: the backend answers again"))
+        self._down = error
 
 
     async def _verify(self, snap: Snapshot, settings: Settings) -> None:

@@ -1,4 +1,4 @@
-"""Cumulative counters for `gemma/stats` (a fixed contract: see design.md)."""
+"""Cumulative counters for `gemma/stats` (a fixed contract: the keys are documented in README.md)."""
 
 from __future__ import annotations
 
@@ -31,12 +31,14 @@ class ServerStats:
     errors: int = 0
     warmups: int = 0  # background prompt passes run while the user paused
     warm_tokens: int = 0  # prompt tokens they computed (less than asked when a request preempted one)
+    backend: str = ""  # the backend that answered last ("inprocess", "local", a server's URL)
     latencies: deque = field(default_factory=lambda: deque(maxlen=2000))
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def add(self, s: Stats, latency_ms: float, typed_through: bool = False) -> None:
+    def add(self, s: Stats, latency_ms: float, typed_through: bool = False, backend: str = "") -> None:
         with self.lock:
             self.completions += 1
+            self.backend = backend or self.backend
             self.typed_through += int(typed_through)
             self.prompt_tokens += s.prompt_tokens
             self.reused_tokens += s.reused_tokens
@@ -59,7 +61,7 @@ class ServerStats:
                 "reused_tokens": self.reused_tokens, "tokens": self.tokens, "drafted": self.drafted,
                 "accepted": self.accepted, "target_forwards": self.target_forwards, "cancelled": self.cancelled,
                 "typed_through": self.typed_through, "errors": self.errors,
-                "warmups": self.warmups, "warm_tokens": self.warm_tokens,
+                "warmups": self.warmups, "warm_tokens": self.warm_tokens, "backend": self.backend,
                 "latency_ms": {"p50": _percentile(lat, 0.5), "p95": _percentile(lat, 0.95),
                                "last": round(lat[-1], 1) if lat else 0.0},
             }

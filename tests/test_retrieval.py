@@ -134,7 +134,7 @@ def test_switching_the_corpus_keeps_the_model(tiny_qwen_dir, monkeypatch):
     c = Completer.from_settings(base)
     assert c.engine.retrieval is None
     model = c.engine.model
-    c.set_retrieval("stdlib")
+    c.apply(base.merged({"retrieval": "stdlib"}))
     assert c.engine.retrieval is small and c.engine.model is model
-    c.set_retrieval("none")
+    c.apply(base)
     assert c.engine.retrieval is None

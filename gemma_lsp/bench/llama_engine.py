@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ..engine.cache import common_prefix
-from ..engine.speculative import DecodeClock, GenerateRequest, GenerateResult, Stats
+from ..engine.speculative import DecodeClock, GenerateRequest, GenerateResult, Stats, emit
 
 
 class _NoCache:
@@ -29,6 +29,8 @@ class _NoCache:
 
 
 class LlamaCppEngine:
+    """A `backends.Backend` (generate, warm) over llama.cpp's own engine in this process."""
+
     name = "llama.cpp"
 
     def __init__(self, gguf: Path, n_ctx: int = 4096, threads: int | None = None) -> None:
@@ -45,6 +47,17 @@ class LlamaCppEngine:
 
     def reset(self) -> None:
         self.llm.reset()
+
+    def warm(self, prompt: list[int], stop=None) -> Stats:
+        """Evaluate `prompt` past the prefix llama.cpp already holds, as `generate` would."""
+        stats = Stats(prompt_tokens=len(prompt), drafter="none")
+        n = min(common_prefix(list(self.llm._input_ids), prompt), max(len(prompt) - 1, 0))
+        t0 = time.perf_counter()
+        self.llm.n_tokens = n
+        self.llm.eval(prompt[n:])
+        stats.reused_tokens, stats.tokens = n, len(prompt) - n
+        stats.prefill_ms = (time.perf_counter() - t0) * 1e3
+        return stats
 
     def generate(self, req: GenerateRequest) -> GenerateResult:
         """Greedy only (temperature 0): the comparison is about speed at equal output rules."""
@@ -78,22 +91,11 @@ class LlamaCppEngine:
             if t_first is None:
                 t_first = time.perf_counter()
                 clock = DecodeClock(req, t_first)  # the same time policy as ours
-            if req.stop_event is not None and req.stop_event.is_set():
-                reason = "cancelled"
-                break
-            if tok in req.stop_ids or tok == llm.token_eos():
+            if tok == llm.token_eos():
                 reason = "stop"
                 break
-            out.append(int(tok))
-            if tok in req.newline_ids:
-                reason = "newline"
-                break
-            if req.stop_after is not None and req.stop_after(out):
-                reason = "stop"
-                break
-            if len(out) >= req.max_tokens:
-                break
-            if (why := clock.stopped(int(tok), 0.0)) is not None:
+            # The stop rules and time policy every backend applies (engine.speculative).
+            if (why := emit(req, out, int(tok)) or clock.stopped(int(tok), 0.0)) is not None:
                 reason = why
                 break
         gen.close()

@@ -144,12 +144,12 @@ def per_task(completer, engines, tasks, keystrokes: int) -> dict[str, Any]:
 
     grader = Grader()
     settings = Settings().merged({"timeBudgetMs": 60_000, "singleLine": "auto"})
-    ours_engine = completer.engine
+    ours_backend = completer.backend
     out: dict[str, Any] = {}
     runs = [(name, eng, settings) for name, eng in engines.items()]
     runs.append((NEWLINE_RUN, engines["llama.cpp"], settings.merged({"singleLine": "always"})))
     for name, eng, settings in runs:
-        completer.engine = eng
+        completer.backend = eng  # both implement backends.Backend
         rows = []
         for i, task in enumerate(tasks):
             uri = f"file:///humaneval/{task.task_id.replace('/', '_')}.py"
@@ -174,7 +174,7 @@ def per_task(completer, engines, tasks, keystrokes: int) -> dict[str, Any]:
             print(f"[{name} {i + 1}/{len(tasks)}] {task.task_id} {c.latency_ms / 1e3:.2f} s "
                   f"{'pass' if row['passed'] else 'fail'}", file=sys.stderr)
         out[name] = rows
-    completer.engine = ours_engine
+    completer.backend = ours_backend
     return out
 
 

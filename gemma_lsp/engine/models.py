@@ -137,6 +137,19 @@ def load(spec: str | None, device: str = "auto", dtype: str = "auto") -> Loaded:
     return Loaded(model, tok, name=spec or default_model.NAME, path=path, preset_draft=preset_draft, weights=weights)
 
 
+def load_tokenizer(spec: str | None) -> tuple[object, str]:
+    """Only the tokenizer of a model spec (for a backend whose server runs the model): the
+    prompt is built and checked here, so it must be the served model's tokenizer."""
+    from transformers import AutoTokenizer
+
+    path, _ = resolve(spec, quant=False)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"could not load the tokenizer from {path}: {e}") from e
+    return tok, spec or default_model.NAME
+
+
 def same_vocab(a: object, b: object) -> None:
     """The draft model must tokenize exactly like the target, or its ids mean other things."""
     va, vb = a.get_vocab(), b.get_vocab()

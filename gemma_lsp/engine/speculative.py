@@ -98,8 +98,11 @@ class GenerateResult:
 class Engine:
     """Owns the target model, an optional draft model, and their prefix caches.
 
-    Not thread-safe: the scheduler calls it from one thread only.
+    Not thread-safe: the scheduler calls it from one thread only. It is the `inprocess`
+    backend (see backends/): `generate` and `warm` are the whole interface.
     """
+
+    name = "inprocess"
 
     def __init__(
         self,
