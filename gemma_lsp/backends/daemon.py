@@ -57,7 +57,7 @@ class Daemon:
         self.started = time.time()
         self.last_busy = time.monotonic()
         self.state_lock = threading.Lock()
-        self.vocab = int(engine.model.get_output_embeddings().weight.shape[0])
+        self.vocab = int(engine.model.config.get_text_config().vocab_size)
         self.server: _Server | None = None
 
     # --- lifetime -----------------------------------------------------------------------

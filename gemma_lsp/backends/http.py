@@ -48,13 +48,15 @@ class HttpStatusError(BackendError):
 
 
 class Http:
-    """Requests to one server: `base` is "http(s)://host:port/prefix" or "unix:/path/to.sock"."""
+    """Requests to one server: `base` is "http(s)://host:port/v1" (OpenAI's convention: the
+    API's paths are under it) or "unix:/path/to.sock" (our daemon, whose API is at /v1).
+    A path that starts with "~/" is at the server's root instead (/tokenize, /gemma/...)."""
 
     def __init__(self, base: str, headers: dict[str, str] | None = None) -> None:
         self.base = base
         self.headers = dict(headers or {})
         if base.startswith("unix:"):
-            self._unix, self._prefix, self._tls, self._host = base[5:], "", False, ""
+            self._unix, self._prefix, self._tls, self._host = base[5:], "/v1", False, ""
         else:
             u = urlparse(base)
             if u.scheme not in ("http", "https") or not u.hostname:
@@ -99,6 +101,12 @@ class Http:
                     raise BackendError(f"{self.base} stopped with an error: {_message(event['error'])}")
                 yield event
 
+    def _url(self, path: str) -> str:
+        if path.startswith("~/"):
+            root = self._prefix[: -len("/v1")] if self._prefix.endswith("/v1") else self._prefix
+            return root + path[1:]
+        return self._prefix + path
+
     def stream_get(self, path: str) -> Iterator[dict[str, Any]]:
         """A long-lived event stream (no read timeout)."""
         return self.stream(path, None, None, None, "GET")
@@ -112,7 +120,7 @@ class Http:
             payload = json.dumps(body).encode()
             headers["Content-Type"] = "application/json"
         try:
-            conn.request(method, self._prefix + path, body=payload, headers=headers)
+            conn.request(method, self._url(path), body=payload, headers=headers)
             if conn.sock is not None:
                 conn.sock.settimeout(timeout)
             resp = _Response(conn, stop)
@@ -125,7 +133,7 @@ class Http:
         if r.status >= 400:
             text = r.read().decode("utf-8", "replace")
             resp.close()
-            raise HttpStatusError(r.status, text, f"{self.base}{path}")
+            raise HttpStatusError(r.status, text, f"{self.base} ({path.lstrip('~')})")
         return resp
 
 

@@ -113,7 +113,7 @@ class LocalBackend(OpenAIBackend):
 
     def _alive(self) -> bool:
         try:
-            self.http.get("/v1/models", timeout=2.0)
+            self.http.get("/models", timeout=2.0)
             return True
         except BackendError:
             return False
@@ -143,7 +143,7 @@ class LocalBackend(OpenAIBackend):
 
         def hold() -> None:
             try:
-                for _ in self.http.stream_get("/gemma/session"):
+                for _ in self.http.stream_get("~/gemma/session"):
                     pass
             except Exception as e:  # the daemon went away; the next request restarts it
                 log.debug("engine session ended: %r", e)

@@ -58,11 +58,11 @@ class OpenAIBackend:
 
     def connect(self) -> None:
         """Find the model name and check that the server tokenizes like we do."""
-        models = self.http.get("/v1/models")
+        models = self.http.get("/models")
         served = [m.get("id") for m in (models.get("data") or []) if isinstance(m, dict)]
         if self.model is None:
             if not served:
-                raise BackendError(f"{self.http.base} lists no model at /v1/models; set backendModel")
+                raise BackendError(f"{self.http.base} lists no model at /models; set backendModel")
             self.model = served[0]
         elif served and self.model not in served:
             raise BackendError(f"{self.http.base} does not serve model {self.model!r} (it serves: {', '.join(map(str, served))}); "
@@ -75,8 +75,8 @@ class OpenAIBackend:
     def _check_tokenizer(self) -> None:
         ours = list(self.tokenizer.encode(PROBE, add_special_tokens=False))
         theirs = None
-        for path, body in (("/tokenize", {"model": self.model, "prompt": PROBE, "add_special_tokens": False}),
-                           ("/extras/tokenize", {"input": PROBE, "model": self.model})):
+        for path, body in (("~/tokenize", {"model": self.model, "prompt": PROBE, "add_special_tokens": False}),
+                           ("~/extras/tokenize", {"input": PROBE, "model": self.model})):
             try:
                 got = self.http.post(path, body, timeout=10)
             except HttpStatusError:
@@ -218,7 +218,7 @@ class OpenAIBackend:
         """Stream with token ids, or as text once the server has refused ids."""
         if self.ids_ok is not False:
             try:
-                yield from self.http.stream("/v1/completions", body, stop)
+                yield from self.http.stream("/completions", body, stop)
                 self.ids_ok = True
                 return
             except HttpStatusError as e:
@@ -226,17 +226,17 @@ class OpenAIBackend:
                     raise
                 self.ids_ok = False
                 log.info("backend %s takes no token-id prompts: sending text", self.name)
-        yield from self.http.stream("/v1/completions", {**body, "prompt": self._text(ids)}, stop)
+        yield from self.http.stream("/completions", {**body, "prompt": self._text(ids)}, stop)
 
     def _post_prompt(self, body: dict[str, Any], ids: list[int], stop) -> Any:
         if self.ids_ok is not False:
             try:
-                return self.http.post("/v1/completions", body, stop)
+                return self.http.post("/completions", body, stop)
             except HttpStatusError as e:
                 if not _refused_ids(e):
                     raise
                 self.ids_ok = False
-        return self.http.post("/v1/completions", {**body, "prompt": self._text(ids)}, stop)
+        return self.http.post("/completions", {**body, "prompt": self._text(ids)}, stop)
 
     def _text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
@@ -260,8 +260,9 @@ class OpenAIBackend:
 
 
 def _refused_ids(e: HttpStatusError) -> bool:
-    """A 400/422 about the prompt's type: the server wants text."""
-    return e.status in (400, 422) and "prompt" in e.body
+    """A refusal about the prompt's type: the server wants text (llama-cpp-python's server
+    answers a validation error with 500, others with 400 or 422)."""
+    return e.status in (400, 422, 500) and "prompt" in e.body and "str" in e.body
 
 
 def api_headers(env_name: str | None) -> dict[str, str]:
