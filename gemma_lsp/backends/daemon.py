@@ -296,8 +296,8 @@ class _Handler(BaseHTTPRequestHandler):
             sent[0] = len(out)
             if new and not self._try_event({"choices": [{"index": 0, "text": self.daemon.decode(new), "token_ids": new,
                                                          "finish_reason": None}]}):
-                req.stop_event.set()  # the client is gone: stop at the next check
-                return True
+                req.stop_event.set()  # the client is gone: the engine stops at its next check, "cancelled"
+                return False
             return user_stop(out) if user_stop is not None else False
 
         req.stop_after = send_new
