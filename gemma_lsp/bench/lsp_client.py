@@ -79,7 +79,8 @@ def server_options(args: argparse.Namespace) -> dict[str, Any]:
         "model": getattr(args, "model", None), "draftModel": getattr(args, "draft_model", None),
         "drafter": getattr(args, "drafter", None), "maxTokens": getattr(args, "max_tokens", None),
         "dtype": getattr(args, "dtype", None), "device": getattr(args, "device", None),
-        "timeBudgetMs": getattr(args, "time_budget_ms", None),
+        "timeBudgetMs": getattr(args, "time_budget_ms", None), "backend": getattr(args, "backend", None),
+        "backendModel": getattr(args, "backend_model", None), "apiKeyEnv": getattr(args, "api_key_env", None),
     }
     return {k: v for k, v in opts.items() if v is not None}
 
