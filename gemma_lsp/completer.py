@@ -200,7 +200,7 @@ class Completer:
     def _prompt(self, snap: Snapshot, settings: Settings):
         """The prompt at the cursor, with the prefix and suffix windows it was built from."""
         prefix, suffix = windows(snap.text, snap.offset, self.prompter.count, settings.prefix_tokens, settings.suffix_tokens)
-        extras = snap.extras or select_extras(snap.chunks, self.prompter.count, settings.extra_tokens)
+        extras = snap.extras or select_extras(snap.chunks, self.prompter.count, settings.extra_tokens, snap.text)
         return self.prompter.build(prefix, suffix, extras, snap.path), prefix, suffix
 
     def _block_end(self, healed: str, line_prefix: str, suffix: str):

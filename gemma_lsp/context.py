@@ -126,11 +126,22 @@ class ContextRing:
         return select_extras(self.chunks(exclude_uri), count, budget)
 
 
-def select_extras(chunks: list[Chunk], count: Callable[[str], int], budget: int) -> list[tuple[str, str]]:
-    """Newest chunks that fit the token budget, returned oldest first, as (file name, text)."""
+def select_extras(chunks: list[Chunk], count: Callable[[str], int], budget: int,
+                  current: str = "") -> list[tuple[str, str]]:
+    """Newest chunks that fit the token budget, returned oldest first, as (file name, text).
+
+    A chunk already in the current document (a copy of this file open elsewhere, a diff
+    view) or already picked is left out: it tells the model nothing new, and repeated
+    text pulls it into copying (measured: a copy of the file as context turned
+    `fib(n-1) + fib(n-2)` into an empty answer)."""
     picked: list[tuple[str, str]] = []
+    seen: set[str] = set()
     used = 0
     for c in reversed(chunks):
+        body = c.text.strip()
+        if not body or body in seen or body in current:
+            continue
+        seen.add(body)
         n = count(c.text) + 8
         if used + n > budget:
             continue

@@ -308,3 +308,14 @@ def test_ring_chunk_is_window_around_line():
 
 def test_step_is_positive_int():
     assert isinstance(context.STEP, int) and context.STEP >= 1
+
+
+def test_extras_skip_copies_of_the_current_file_and_of_each_other():
+    from gemma_lsp.context import Chunk, select_extras
+
+    doc = "def fib(n):\n    return fib(n - 1)\n"
+    chunks = [Chunk("/a/copy.py", "python", "def fib(n):\n"), Chunk("/a/util.py", "python", "X = 1\n"),
+              Chunk("/b/util.py", "python", "X = 1\n"), Chunk("/a/other.py", "python", "Y = 2\n")]
+    picked = select_extras(chunks, len, 10_000, current=doc)
+    assert picked == [("util.py", "X = 1\n"), ("other.py", "Y = 2\n")]
+    assert len(select_extras(chunks, len, 10_000)) == 3  # without the document, only the repeat goes

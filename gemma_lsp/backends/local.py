@@ -82,18 +82,16 @@ class LocalBackend(OpenAIBackend):
         super().__init__(Http(f"unix:{self.path}"), tokenizer, label="local", extensions=True)
         self._session: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        self._seen = False  # a daemon answered this client before
 
     def generate(self, req):
         self.ensure()
         try:
             return super().generate(req)
         except BackendError:
-            if req.stop_event is not None and req.stop_event.is_set():
+            if (req.stop_event is not None and req.stop_event.is_set()) or self._alive():
                 raise
-            if self._alive():
-                raise
-            log.warning("the shared engine (%s) went away: starting it again", self.path.name)
-            self._down_until = 0.0
+            self._down_until = 0.0  # it died under this request: start it and ask once more
             self.ensure()
             return super().generate(req)
 
@@ -109,6 +107,7 @@ class LocalBackend(OpenAIBackend):
         with self._start_lock:
             if not self._alive():
                 self._start()
+            self._seen = True
             self._hold_session()
 
     def _alive(self) -> bool:
@@ -121,7 +120,10 @@ class LocalBackend(OpenAIBackend):
     def _start(self) -> None:
         log_path = self.path.with_suffix(".log")
         cmd = [sys.executable, "-m", "gemma_lsp", "engine", "--socket", str(self.path), *engine_args(self.settings)]
-        log.info("starting the shared engine: %s (log: %s)", self.path.name, log_path)
+        if self._seen:
+            log.warning("the shared engine (%s) went away: starting it again (log: %s)", self.path.name, log_path)
+        else:
+            log.info("starting the shared engine: %s (log: %s)", self.path.name, log_path)
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True, close_fds=True)
