@@ -201,3 +201,19 @@ def test_a_dead_socket_is_a_clear_error_then_a_back_off(tiny, tmp_path):
     with pytest.raises(BackendError, match="not answering"):  # fails fast, no new connection
         backend.generate(req)
     assert backend._down_until > time.monotonic()
+
+
+def test_a_slow_prompt_pass_does_not_count_as_a_decode_step(daemon, tiny, monkeypatch):
+    """The time policy starts at the first token: a prompt pass longer than the ceiling must
+    not be taken for the cost of the next step (it once stopped every cold answer at 1 token)."""
+    slow = daemon.engine._prefill
+
+    def prefill(*a, **kw):
+        time.sleep(1.5)
+        return slow(*a, **kw)
+
+    monkeypatch.setattr(daemon.engine, "_prefill", prefill)
+    backend = client(daemon, tiny.tokenizer)
+    prompt = Prompter(tiny.tokenizer).build("x = ", "").ids
+    res = backend.generate(GenerateRequest(prompt=prompt, max_tokens=8, drafter="none", budget_s=5.0, ceiling_s=1.0))
+    assert len(res.tokens) > 1 or res.stop_reason == "stop", res

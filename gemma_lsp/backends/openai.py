@@ -152,6 +152,7 @@ class OpenAIBackend:
                     if clock is None:
                         clock = DecodeClock(req, now)  # the prompt pass ended: the budget starts
                         stats.prefill_ms = (now - t0) * 1e3
+                        last = now  # the gap to the next token predicts a step; the prompt pass does not
                     step, last = now - last, now
                     for tok in ids:
                         mask = req.constraint(out) if req.constraint is not None else None

@@ -41,6 +41,9 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--device", help="server device (default: the server's)")
     t.add_argument("--time-budget-ms", type=int, help="server timeBudgetMs (default: the server's)")
     t.add_argument("--server-log", metavar="FILE", help="write the server's stderr to FILE")
+    t.add_argument("--backend", help="server backend: inprocess (default) | local | an OpenAI-compatible base URL")
+    t.add_argument("--backend-model", help="server backendModel")
+    t.add_argument("--api-key-env", help="server apiKeyEnv")
     t.add_argument("--first-contact", type=int, default=0, metavar="N",
                    help="instead of typing: open N held-out tasks' files and ask once in each, cold and after "
                         "a 1 s pause (bench/first_contact.py)")
