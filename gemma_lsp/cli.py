@@ -19,8 +19,10 @@ COMPLETE_BUDGET_MS = 120_000  # `gemma-lsp complete` is not interactive: let the
 def _flags(args: argparse.Namespace) -> dict[str, object]:
     """The settings given on the command line (they override the client's)."""
     return {k: v for k, v in {
-        "model": args.model, "draftModel": args.draft_model, "drafter": args.drafter, "maxTokens": args.max_tokens,
-        "dtype": args.dtype, "device": args.device, "singleLine": getattr(args, "single_line", None),
+        "model": getattr(args, "model", None), "draftModel": getattr(args, "draft_model", None),
+        "drafter": getattr(args, "drafter", None), "maxTokens": getattr(args, "max_tokens", None),
+        "dtype": getattr(args, "dtype", None), "device": getattr(args, "device", None),
+        "singleLine": getattr(args, "single_line", None),
         "timeBudgetMs": getattr(args, "time_budget_ms", None), "retrieval": getattr(args, "retrieval", None),
         "backend": getattr(args, "backend", None), "backendModel": getattr(args, "backend_model", None),
         "apiKeyEnv": getattr(args, "api_key_env", None), "cacheMb": getattr(args, "cache_mb", None),
@@ -177,7 +179,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import doctor
 
-    return doctor()
+    return doctor(_settings(args))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -224,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_engine)
 
     d = sub.add_parser("doctor", help="check the installation and say how to fix what is missing")
+    d.add_argument("--model", help="the model the backend checks are for (local: which daemon)")
+    _backend_flags(d)
     d.set_defaults(func=cmd_doctor)
 
     b = sub.add_parser("bench", help="benchmarks (not tests): quality, speculative, typing, all")

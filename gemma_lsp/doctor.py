@@ -17,7 +17,7 @@ def _version(dist: str) -> str | None:
         return None
 
 
-def doctor() -> int:
+def doctor(settings=None) -> int:
     problems: list[tuple[str, str]] = []
     print(f"gemma-lsp     {_version('gemma-lsp') or '(not installed as a package)'}")
     print(f"python        {sys.version.split()[0]} on {platform.machine()} {platform.system()}")
@@ -77,6 +77,7 @@ def doctor() -> int:
     indexes = sorted(models_dir().glob("retrieval-*.npz"))
     print(f"retrieval     {f'{len(indexes)} corpus index(es) in the cache' if indexes else 'not indexed yet'} "
           "(Python's standard library; `gemma-lsp prepare` builds it, ~12 s)")
+    _backend(problems, settings)
     exe = shutil.which("gemma-lsp")
     print(f"executable    {exe or 'gemma-lsp not on PATH'}")
     if exe is None:
@@ -88,3 +89,47 @@ def doctor() -> int:
         return 1
     print("\nAll good.")
     return 0
+
+
+def _backend(problems: list[tuple[str, str]], settings=None) -> None:
+    """Which backend the settings pick (CLI flags; an editor's own settings may differ)."""
+    from .config import Settings
+
+    s = settings or Settings()
+    where = s.backend
+    if s.backend == "inprocess":
+        print("backend       inprocess (the model runs in each gemma-lsp serve)")
+        return
+    from .backends.http import Http
+    from .errors import GemmaLspError
+
+    try:
+        if s.backend == "local":
+            from .backends.local import socket_path
+
+            path = socket_path(s)
+            where = f"local ({path})"
+            http = Http(f"unix:{path}")
+        else:
+            from .backends.openai import api_headers
+
+            http = Http(s.backend, api_headers(s.api_key_env))
+            _plain_http_warning(s.backend, problems)
+        served = [m.get("id") for m in http.get("/models").get("data", [])]
+        print(f"backend       {where}: answers, serves {', '.join(map(str, served)) or 'no model'}")
+    except GemmaLspError as e:
+        print(f"backend       {where}: {e}")
+        if s.backend == "local":
+            print("              (the first `gemma-lsp serve --backend local` starts it)")
+        else:
+            problems.append((f"backend {s.backend} does not answer: {e}", "start the server, or check backend / apiKeyEnv"))
+
+
+def _plain_http_warning(url: str, problems: list[tuple[str, str]]) -> None:
+    """Prompts are source code: over plain http they cross the network readable by anyone on it."""
+    from urllib.parse import urlparse
+
+    host = urlparse(url).hostname or ""
+    if url.startswith("http://") and host not in ("127.0.0.1", "localhost", "::1"):
+        problems.append((f"backend {url} is plain http to another machine: your code crosses the network unencrypted",
+                         "serve it over https (TLS is verified), or through an SSH tunnel to 127.0.0.1"))

@@ -45,3 +45,24 @@ def test_doctor_says_whether_the_cpu_kernels_are_built(tmp_path, monkeypatch, ca
     monkeypatch.setenv("GEMMA_LSP_NATIVE", "0")
     doctor()
     assert "CPU kernels   not used: turned off by GEMMA_LSP_NATIVE=0" in capsys.readouterr().out
+
+
+def test_doctor_names_the_backend_and_warns_on_plain_http(capsys, tmp_path, monkeypatch):
+    from gemma_lsp.config import Settings
+    from gemma_lsp.doctor import _backend
+
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    problems: list = []
+    _backend(problems, Settings().merged({"backend": "local"}))
+    out = capsys.readouterr().out
+    assert "backend       local (" in out and "not answering" in out and not problems  # started on demand
+    _backend(problems, Settings().merged({"backend": "http://127.0.0.1:9/v1"}))  # loopback, nothing listens
+    assert [p for p, _ in problems if "plain http" in p] == []
+    assert any("does not answer" in p for p, _ in problems)
+    problems.clear()
+    _backend(problems, Settings().merged({"backend": "http://192.0.2.7:9/v1"}))
+    assert any("plain http to another machine" in p for p, _ in problems)
+    problems.clear()
+    monkeypatch.delenv("GEMMA_TEST_KEY", raising=False)
+    _backend(problems, Settings().merged({"backend": "https://192.0.2.7/v1", "apiKeyEnv": "GEMMA_TEST_KEY"}))
+    assert any("GEMMA_TEST_KEY" in p and "not set" in p for p, _ in problems)
