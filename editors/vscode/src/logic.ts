@@ -13,6 +13,11 @@ export interface ServerSettings {
   temperature: number;
   timeBudgetMs?: number;
   retrieval?: Retrieval;
+  /** "inprocess" | "local" (one shared engine per user and model) | an OpenAI-compatible base URL. */
+  backend?: string;
+  backendModel?: string;
+  /** Name of the environment variable holding the server's API key (never the key itself). */
+  apiKeyEnv?: string;
 }
 
 export const DRAFTERS = ["auto", "none", "ngram", "suggestion", "retrieval", "model"] as const;
@@ -41,6 +46,9 @@ export const SERVER_KEYS = [
   "timeBudgetMs",
   "temperature",
   "retrieval",
+  "backend",
+  "backendModel",
+  "apiKeyEnv",
 ] as const;
 
 /** Keys whose change needs a server restart (the process itself changes). */
@@ -86,6 +94,14 @@ export function toServerSettings(raw: Record<string, unknown> | undefined | null
   if (typeof r.retrieval === "string" && (RETRIEVAL as readonly string[]).includes(r.retrieval)) {
     out.retrieval = r.retrieval as Retrieval;
   }
+  const backend = optionalString(r.backend);
+  if (backend !== null && (backend === "inprocess" || backend === "local" || /^https?:\/\//.test(backend))) {
+    out.backend = backend;
+  }
+  const backendModel = optionalString(r.backendModel);
+  if (backendModel !== null) out.backendModel = backendModel;
+  const keyEnv = optionalString(r.apiKeyEnv);
+  if (keyEnv !== null && /^[A-Za-z_][A-Za-z0-9_]*$/.test(keyEnv)) out.apiKeyEnv = keyEnv;
   return out;
 }
 

@@ -56,6 +56,9 @@ test("toServerSettings keeps valid values and drops extension-only keys", () => 
     timeBudgetMs: 800,
     temperature: 0.2,
     retrieval: "none",
+    backend: "http://127.0.0.1:8000/v1",
+    backendModel: "qwen",
+    apiKeyEnv: "MY_KEY",
     serverPath: "/x/gemma-lsp",
     enabled: false,
     languages: { "*": false },
@@ -69,7 +72,12 @@ test("toServerSettings keeps valid values and drops extension-only keys", () => 
     timeBudgetMs: 800,
     temperature: 0.2,
     retrieval: "none",
+    backend: "http://127.0.0.1:8000/v1",
+    backendModel: "qwen",
+    apiKeyEnv: "MY_KEY",
   });
+  assert.equal(toServerSettings({ backend: "ftp://x" }).backend, undefined);
+  assert.equal(toServerSettings({ apiKeyEnv: "sk-the-key-itself!" }).apiKeyEnv, undefined);
 });
 
 test("toServerSettings falls back on invalid values", () => {
