@@ -58,7 +58,7 @@ class OpenAIBackend:
 
     def connect(self) -> None:
         """Find the model name and check that the server tokenizes like we do."""
-        models = self.http.get("/models")
+        models = self.http.get("/models", timeout=60.0)  # a one-slot server answers it after its current request
         served = [m.get("id") for m in (models.get("data") or []) if isinstance(m, dict)]
         if self.model is None:
             if not served:
