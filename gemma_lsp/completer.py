@@ -19,8 +19,7 @@ from .backends.http import Http
 from .backends.local import LocalBackend
 from .backends.openai import OpenAIBackend, api_headers
 from .engine import GenerateRequest, Stats
-from .engine.costs import CostCurve
-from .engine.models import Loaded, load_tokenizer
+from .engine.models import load_tokenizer
 from .postprocess import block_ended, postprocess, single_line_wanted
 from .prompt import Prompter
 
@@ -88,12 +87,6 @@ class Completer:
         self.prompter = Prompter(tokenizer, layout=layout, heal=heal)
         self._newlines: frozenset[int] | None = None
         self._shown: dict[str, _Shown] = {}
-
-    @classmethod
-    def inprocess(cls, target: Loaded, draft: Loaded | None = None, settings: Settings = Settings(),
-                  layout: str = "", heal: bool = True, cost: CostCurve | None = None) -> "Completer":
-        built = inprocess.build(target, draft, settings.cache_mb << 20, cost)
-        return cls(target.tokenizer, built.engine, target.name, layout, heal, built)
 
     @classmethod
     def from_settings(cls, settings: Settings, layout: str = "", heal: bool = True) -> "Completer":

@@ -148,7 +148,7 @@ def machine_info(completer, args: argparse.Namespace) -> dict[str, Any]:
         "dtype": str(p.dtype).replace("torch.", ""),
         "model": completer.target.name,
         "model_path": str(completer.target.path),
-        "draft_model": completer.draft.name if completer.draft else None,
+        "draft_model": completer.built.draft.name if completer.built.draft else None,
         "fim_family": completer.prompter.family,
     }
     if p.device.type == "cuda":
