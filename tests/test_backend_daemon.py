@@ -16,7 +16,6 @@ from gemma_lsp.backends import Backend, inprocess
 from gemma_lsp.backends.daemon import Daemon
 from gemma_lsp.backends.http import Http, HttpStatusError
 from gemma_lsp.backends.openai import OpenAIBackend
-from gemma_lsp.config import Settings
 from gemma_lsp.engine import Engine, GenerateRequest
 from gemma_lsp.engine.models import load
 from gemma_lsp.errors import BackendError
@@ -28,13 +27,18 @@ def tiny(tiny_qwen_dir):
     return load(str(tiny_qwen_dir), "cpu", "float32")
 
 
-@pytest.fixture
-def daemon(tiny, tmp_path):
-    built = inprocess.build(tiny, None, 256 << 20)
-    d = Daemon(built.engine, tiny.tokenizer, "tiny", tmp_path / "engine.sock", idle_s=3600)
+def serve(tiny, path, idle_s: float = 3600) -> tuple[Daemon, threading.Thread]:
+    """A daemon over the tiny model on `path`, serving on a thread."""
+    d = Daemon(inprocess.build(tiny, None, 64 << 20).engine, tiny.tokenizer, "tiny", path, idle_s=idle_s)
     d.bind()
     t = threading.Thread(target=d.serve_forever, daemon=True)
     t.start()
+    return d, t
+
+
+@pytest.fixture
+def daemon(tiny, tmp_path):
+    d, t = serve(tiny, tmp_path / "engine.sock")
     yield d
     d.server.shutdown()
     t.join(10)
@@ -146,10 +150,7 @@ def test_another_user_gets_nothing(tiny):
 
     where = Path(tempfile.mkdtemp(prefix="gemma-peer-"))
     os.chmod(where, 0o755)
-    d = Daemon(inprocess.build(tiny, None, 64 << 20).engine, tiny.tokenizer, "tiny", where / "e.sock")
-    d.bind()
-    t = threading.Thread(target=d.serve_forever, daemon=True)
-    t.start()
+    d, t = serve(tiny, where / "e.sock")
     os.chmod(d.path, 0o666)
     r, w = os.pipe()
     pid = os.fork()
@@ -178,11 +179,7 @@ def test_another_user_gets_nothing(tiny):
 
 
 def test_idle_exit_after_the_last_session(tiny, tmp_path):
-    built = inprocess.build(tiny, None, 64 << 20)
-    d = Daemon(built.engine, tiny.tokenizer, "tiny", tmp_path / "e.sock", idle_s=0.5)
-    d.bind()
-    t = threading.Thread(target=d.serve_forever, daemon=True)
-    t.start()
+    d, t = serve(tiny, tmp_path / "e.sock", idle_s=0.5)
     http = Http(f"unix:{d.path}")
     events = http.stream_get("~/gemma/session")
     next(events)  # a client holds a session: the daemon stays

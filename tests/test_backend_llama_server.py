@@ -35,8 +35,10 @@ TASKS_SEED = 1  # the held-out sample of bench vs-llama-cpp and first contact
 
 
 def _require_llama_server() -> None:
+    import importlib
+
     try:
-        import llama_cpp.server.app  # noqa: F401
+        importlib.import_module("llama_cpp.server.app")
     except ImportError as e:
         msg = f"llama-cpp-python[server] is not installed ({e}): run scripts/install-llama-cpp.sh"
         if os.environ.get("GEMMA_LSP_REQUIRE_LLAMA_SERVER"):
