@@ -214,3 +214,22 @@ def test_a_slow_prompt_pass_does_not_count_as_a_decode_step(daemon, tiny, monkey
     prompt = Prompter(tiny.tokenizer).build("x = ", "").ids
     res = backend.generate(GenerateRequest(prompt=prompt, max_tokens=8, drafter="none", budget_s=5.0, ceiling_s=1.0))
     assert len(res.tokens) > 1 or res.stop_reason == "stop", res
+
+
+def test_a_request_preempts_warm_ups_still_waiting_for_the_engine(daemon, tiny):
+    prompt = Prompter(tiny.tokenizer).build("y = ", "").ids
+    warm = GenerateRequest(prompt=prompt, stop_event=threading.Event())
+    real = GenerateRequest(prompt=prompt, max_tokens=2, drafter="none", stop_event=threading.Event())
+    results = {}
+    with daemon.engine_lock:  # the engine is busy: both wait
+        tw = threading.Thread(target=lambda: results.setdefault("warm", daemon.run(warm, warm=True)))
+        tw.start()
+        time.sleep(0.2)
+        tr = threading.Thread(target=lambda: results.setdefault("real", daemon.run(real, warm=False)))
+        tr.start()
+        time.sleep(0.2)
+        assert warm.stop_event.is_set()  # preempted before it ever ran
+    tw.join(10)
+    tr.join(10)
+    assert results["warm"] is None and len(results["real"].tokens) == 2
+    assert not daemon.warms

@@ -49,7 +49,7 @@ class Daemon:
         self.idle_s = idle_s
         self.engine_lock = threading.Lock()
         self.tok_lock = threading.Lock()  # a fast tokenizer must not run on two threads at once
-        self.warm_stop: threading.Event | None = None
+        self.warms: set[threading.Event] = set()  # stop events of warm-ups, running or waiting
         self.sessions = 0
         self.active = 0
         self.requests = 0
@@ -157,17 +157,25 @@ class Daemon:
         return lambda out: mask
 
     def run(self, req: GenerateRequest, warm: bool):
-        """One engine call, holding the engine; a request first stops any warm-up."""
-        if not warm and self.warm_stop is not None:
-            self.warm_stop.set()
-        with self.engine_lock:
-            if req.stop_event is not None and req.stop_event.is_set():
-                return None  # its client left while it waited
+        """One engine call, holding the engine; a request first stops every warm-up, the
+        running one and those still waiting for the engine."""
+        with self.state_lock:
             if warm:
-                self.warm_stop = req.stop_event
-                return self.engine.warm(req.prompt, req.stop_event)
-            self.requests += 1
-            return self.engine.generate(req)
+                self.warms.add(req.stop_event)
+            else:
+                for ev in self.warms:
+                    ev.set()
+        try:
+            with self.engine_lock:
+                if req.stop_event is not None and req.stop_event.is_set():
+                    return None  # its client left (or a request preempted it) while it waited
+                if warm:
+                    return self.engine.warm(req.prompt, req.stop_event)
+                self.requests += 1
+                return self.engine.generate(req)
+        finally:
+            with self.state_lock:
+                self.warms.discard(req.stop_event)
 
     def decode(self, ids: list[int]) -> str:
         with self.tok_lock:
