@@ -82,11 +82,19 @@ class Completer:
         self.backend = backend
         self.name = name  # the model, as Completion.model reports it
         self.built = built
-        self.engine = built.engine if built is not None else None
-        self.target = built.target if built is not None else None
         self.prompter = Prompter(tokenizer, layout=layout, heal=heal)
         self._newlines: frozenset[int] | None = None
         self._shown: dict[str, _Shown] = {}
+
+    @property
+    def engine(self):
+        """The in-process engine (benchmarks reach into it); None over another backend."""
+        return self.built.engine if self.built is not None else None
+
+    @property
+    def target(self):
+        """The loaded target model in-process; None over another backend."""
+        return self.built.target if self.built is not None else None
 
     @classmethod
     def from_settings(cls, settings: Settings, layout: str = "", heal: bool = True) -> "Completer":

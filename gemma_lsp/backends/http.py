@@ -86,9 +86,14 @@ class Http:
                timeout: float | None = READ_TIMEOUT_S, method: str = "POST") -> Iterator[dict[str, Any]]:
         """The `data:` events of a server-sent-event answer, as JSON, until `[DONE]`.
 
-        Leaving the loop (a stop rule, `stop` set, an error) closes the connection, which is
-        what tells the server to stop decoding."""
-        with self._open(method, path, body, timeout, stop) as resp:
+        The request is sent, and an HTTP error status raised, here at the call (so a caller
+        can retry it in another form); the events then come as it iterates. Leaving the loop
+        (a stop rule, `stop` set, an error) closes the connection, which is what tells the
+        server to stop decoding."""
+        return self._events(self._open(method, path, body, timeout, stop))
+
+    def _events(self, opened: "_Response") -> Iterator[dict[str, Any]]:
+        with opened as resp:
             for raw in resp:
                 line = raw.strip()
                 if not line.startswith(b"data:"):

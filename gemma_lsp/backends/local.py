@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Settings
+from ..engine import Stats
 from ..errors import BackendError
 from ..paths import cache_dir
 from .http import Http
@@ -85,7 +86,8 @@ class LocalBackend(OpenAIBackend):
         self._seen = False  # a daemon answered this client before
 
     def generate(self, req):
-        self.ensure()
+        if not self._seen:
+            self.ensure()  # the first request finds or starts the daemon; later ones just ask
         try:
             return super().generate(req)
         except BackendError:
@@ -96,10 +98,8 @@ class LocalBackend(OpenAIBackend):
             return super().generate(req)
 
     def warm(self, prompt, stop=None):
-        if not self._alive():  # never start a model for a warm-up
-            from ..engine import Stats
+        if self._session is None or not self._session.is_alive():  # no daemon: never start one for a warm-up
             return Stats(prompt_tokens=len(prompt))
-        self._hold_session()
         return super().warm(prompt, stop)
 
     def ensure(self) -> None:

@@ -121,7 +121,7 @@ class OpenAIBackend:
         try:
             if not self._ready:
                 self.connect()
-            self._post_prompt(body, prompt, stop)
+            self._send(self.http.post, body, prompt, stop)
         except (BackendError, Cancelled) as e:
             log.debug("warm-up on %s ended: %s", self.name, e)
             return stats
@@ -138,7 +138,6 @@ class OpenAIBackend:
         clock: DecodeClock | None = None
         reason: str | None = None
         biased = False  # ask the next position with the healing mask as logit bias
-        last = t0
         while reason is None:
             mask = req.constraint(out) if req.constraint is not None else None
             left = req.max_tokens - len(out)
@@ -193,7 +192,7 @@ class OpenAIBackend:
         """The ids of each streamed chunk: the server's own ids where it sends them
         (vLLM's `token_ids`, the daemon), else our tokenizer's ids of the chunk's text."""
         prompt = body["prompt"]
-        for event in self._stream_prompt(body, prompt, req.stop_event):
+        for event in self._send(self.http.stream, body, prompt, req.stop_event):
             for choice in event.get("choices") or []:
                 ids = choice.get("token_ids")
                 if ids is None:
@@ -215,29 +214,20 @@ class OpenAIBackend:
                              "retrieval": req.retrieval}
         return body
 
-    def _stream_prompt(self, body: dict[str, Any], ids: list[int], stop):
-        """Stream with token ids, or as text once the server has refused ids."""
+    def _send(self, call, body: dict[str, Any], ids: list[int], stop):
+        """`call("/completions", body, stop)` with token ids, or with the same ids as text
+        once the server has refused ids (learned at its first refusal)."""
         if self.ids_ok is not False:
             try:
-                yield from self.http.stream("/completions", body, stop)
+                result = call("/completions", body, stop)
                 self.ids_ok = True
-                return
+                return result
             except HttpStatusError as e:
                 if not _refused_ids(e):
                     raise
                 self.ids_ok = False
                 log.info("backend %s takes no token-id prompts: sending text", self.name)
-        yield from self.http.stream("/completions", {**body, "prompt": self._text(ids)}, stop)
-
-    def _post_prompt(self, body: dict[str, Any], ids: list[int], stop) -> Any:
-        if self.ids_ok is not False:
-            try:
-                return self.http.post("/completions", body, stop)
-            except HttpStatusError as e:
-                if not _refused_ids(e):
-                    raise
-                self.ids_ok = False
-        return self.http.post("/completions", {**body, "prompt": self._text(ids)}, stop)
+        return call("/completions", {**body, "prompt": self._text(ids)}, stop)
 
     def _text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)

@@ -48,11 +48,7 @@ def restore(cache: DynamicCache, length: int) -> bool:
     """Crop every layer back to `length` positions after a forward that may have raised part
     way (some layers appended, others not). False when a layer holds fewer: the entry is
     then unusable and must be dropped, never stored."""
-    layers = getattr(cache, "layers", None)
-    if layers is None:
-        truncate(cache, length)
-        return cache.get_seq_length() == length
-    for layer in layers:
+    for layer in cache.layers:
         extra = layer.get_seq_length() - length
         if extra < 0:
             return False
