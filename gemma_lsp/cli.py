@@ -146,8 +146,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # pygls logs whole messages (document text) at INFO: keep them out of logs unless asked.
+    # pygls logs whole messages (document text) at INFO, and values in its errors: keep
+    # them out of logs unless asked.
     logging.getLogger("pygls").setLevel(logging.DEBUG if args.log_protocol else logging.WARNING)
+    if not args.log_protocol:
+        from .logs import withhold_protocol_values
+
+        withhold_protocol_values()
     _settings(args)  # validate flags before starting
     serve(_flags(args), tcp_port=args.tcp)
     return 0

@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlparse
 
 from lsprotocol import types as lsp
 from pygls.exceptions import JsonRpcException
+from pygls.io_ import StdoutWriter, run_async
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 
@@ -24,14 +25,17 @@ from .completer import Completer, Completion, Snapshot
 from .config import Settings
 from .context import ContextRing
 from .errors import BackendError, GemmaLspError
+from .framing import Frames, StdinReader
 from .scheduler import Scheduler, Superseded
 from .stats import ServerStats
 from .text import UTF16, apply_change, offset_at, position_at
 
 log = logging.getLogger("gemma_lsp.server")
+wire_log = logging.getLogger("pygls.io_")  # pygls' reader loop logs as pygls: logs.Withhold covers it
 INVALID_PARAMS = -32602
 REQUEST_FAILED = -32803
 STATS = "gemma/stats"
+DOCUMENT = "gemma/document"  # request {textDocument: {uri}} -> {uri, text}
 
 
 class _Answered:
@@ -97,6 +101,55 @@ class GemmaServer(LanguageServer):
 
     def report_server_error(self, error: Exception, source) -> None:
         log.error("internal error: %s", error)  # never a window/showMessage popup
+
+    # --- transports: pygls' loops over framing.Frames, which answers what pygls would drop --
+
+    def frames(self, raw) -> Frames:
+        def reply(rid: Any, code: int, message: str) -> None:
+            self.protocol._send_data({"jsonrpc": "2.0", "id": rid, "error": {"code": code, "message": message}})
+
+        def ack(rid: Any) -> None:
+            self.protocol._send_data({"jsonrpc": "2.0", "id": rid, "result": None})
+
+        return Frames(raw, reply, ack)
+
+    def start_io(self, stdin=None, stdout=None) -> None:
+        import sys
+
+        self._stop_event = threading.Event()
+        self.protocol.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
+        reader = self.frames(StdinReader(stdin or sys.stdin.buffer, self.thread_pool))
+        try:
+            asyncio.run(run_async(stop_event=self._stop_event, reader=reader, protocol=self.protocol,
+                                  logger=wire_log, error_handler=self.report_server_error))
+        except BrokenPipeError:
+            log.error("the client closed the connection: shutting down")
+        except (KeyboardInterrupt, SystemExit):
+            pass
+        finally:
+            self.shutdown()
+
+    def start_tcp(self, host: str, port: int) -> None:
+        self._stop_event = stop = threading.Event()
+
+        async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            self.protocol.set_writer(writer)  # type: ignore[arg-type]
+            await run_async(stop_event=stop, reader=self.frames(reader), protocol=self.protocol,
+                            logger=wire_log, error_handler=self.report_server_error)
+            self.shutdown()
+
+        async def main() -> None:
+            self._server = await asyncio.start_server(connection, host, port)
+            log.info("listening on %s:%d", host, port)
+            async with self._server:
+                await self._server.serve_forever()
+
+        try:
+            asyncio.run(main())
+        except (KeyboardInterrupt, SystemExit, asyncio.CancelledError):
+            pass
+        finally:
+            self.shutdown()
 
     # --- settings -----------------------------------------------------------------
 
@@ -300,16 +353,25 @@ def create_server(cli_overrides: dict[str, Any] | None = None) -> GemmaServer:
         if doc is None:
             log.warning("didChange for a document that is not open")
             return
-        for ch in params.content_changes:
+        # All or nothing: a change the text cannot take (a reversed range, a negative
+        # position) leaves the document as it was, rather than half of the edit applied.
+        text, cursor, last_line = doc.text, doc.cursor, doc.last_line
+        for i, ch in enumerate(params.content_changes):
             rng = getattr(ch, "range", None)
             if rng is None:
-                doc.text, doc.cursor = ch.text, None
-            else:
-                start = offset_at(doc.text, rng.start.line, rng.start.character, ls.encoding)
-                doc.text = apply_change(doc.text, (rng.start.line, rng.start.character),
-                                        (rng.end.line, rng.end.character), ch.text, ls.encoding)
-                doc.cursor = start + len(ch.text)  # where typing leaves the cursor
-                doc.last_line = rng.start.line + ch.text.count("\n")
+                text, cursor = ch.text, None
+                continue
+            try:
+                start = offset_at(text, rng.start.line, rng.start.character, ls.encoding)
+                text = apply_change(text, (rng.start.line, rng.start.character),
+                                    (rng.end.line, rng.end.character), ch.text, ls.encoding)
+            except ValueError as e:
+                log.warning("didChange: change %d of %d refused (%s); the document is unchanged",
+                            i + 1, len(params.content_changes), e)
+                return
+            cursor = start + len(ch.text)  # where typing leaves the cursor
+            last_line = rng.start.line + ch.text.count("\n")
+        doc.text, doc.cursor, doc.last_line = text, cursor, last_line
         ls.focus(params.text_document.uri)
         ls.schedule_warm(params.text_document.uri)
 
@@ -381,7 +443,26 @@ def create_server(cli_overrides: dict[str, Any] | None = None) -> GemmaServer:
 
     @ls.feature(STATS)
     def stats(ls: GemmaServer, params: Any = None) -> dict[str, object]:
-        return ls.stats.snapshot()
+        snap = ls.stats.snapshot()
+        engine = ls.completer.engine if ls.completer is not None else None
+        snap["cache_bytes"] = engine.cache.bytes if engine is not None else 0  # in-process KV only
+        snap["cache_limit_bytes"] = engine.cache.max_bytes if engine is not None else 0
+        return snap
+
+    @ls.feature(DOCUMENT)
+    def document(ls: GemmaServer, params: Any = None) -> dict[str, object]:
+        """The server's copy of an open document: a client (or a test) can check that its
+        edits arrived exactly. Only what the client itself sent."""
+        try:
+            uri = str(_field(_field(params, "textDocument"), "uri"))
+        except (KeyError, AttributeError, TypeError):
+            raise JsonRpcException.from_error(lsp.ResponseError(
+                code=INVALID_PARAMS, message=f"{DOCUMENT}: expected {{textDocument: {{uri}}}}")) from None
+        doc = ls.docs.get(uri)
+        if doc is None:
+            raise JsonRpcException.from_error(lsp.ResponseError(
+                code=REQUEST_FAILED, message=f"document {uri} is not open")) from None
+        return {"uri": uri, "text": doc.text}
 
     @ls.feature(lsp.SHUTDOWN)
     def shutdown(ls: GemmaServer, params: Any = None) -> None:
