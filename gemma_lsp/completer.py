@@ -20,6 +20,7 @@ from .backends.local import LocalBackend
 from .backends.openai import OpenAIBackend, api_headers
 from .engine import GenerateRequest, Stats
 from .engine.models import load_tokenizer
+from . import faults
 from .postprocess import block_ended, postprocess, single_line_wanted
 from .prompt import Prompter
 
@@ -186,6 +187,7 @@ class Completer:
         res = self.backend.generate(req)
         raw = self.prompter.decode(res.tokens)
         raw = raw[len(prompt.healed) :] if raw.startswith(prompt.healed) else ""
+        faults.hit("postprocess")
         text = postprocess(raw, line_prefix, suffix, single, truncated=res.stop_reason == "max_tokens",
                            timed_out=res.stop_reason in ("budget", "time"))
         if res.stop_reason != "cancelled":

@@ -26,6 +26,12 @@ class Superseded(Exception):
     """A newer request for the same document replaced this one."""
 
 
+class Overdue(Exception):
+    """The request was not done within its limit (a forward pass stuck, a machine overloaded).
+
+    Its stop event is set, so the engine drops it at the next forward it finishes."""
+
+
 class Scheduler:
     def __init__(self) -> None:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gemma-engine")
@@ -33,8 +39,10 @@ class Scheduler:
         self._all: set[threading.Event] = set()
         self._background: threading.Event | None = None  # the pending or running low-priority job
 
-    async def run(self, key: str, fn: Callable[[threading.Event], T]) -> T:
-        """Run fn(stop_event) on the engine thread; supersede the previous request for `key`."""
+    async def run(self, key: str, fn: Callable[[threading.Event], T], limit_s: float | None = None) -> T:
+        """Run fn(stop_event) on the engine thread; supersede the previous request for `key`.
+        Past `limit_s` (counted from now, queueing included) raise Overdue instead of waiting:
+        the client gets its answer even when the engine thread cannot give one."""
         self.preempt()
         stop = threading.Event()
         old = self._latest.get(key)
@@ -49,8 +57,16 @@ class Scheduler:
                 raise Superseded()
             return fn(ev)
 
+        job = loop.run_in_executor(self.executor, guarded, stop)
         try:
-            return await loop.run_in_executor(self.executor, guarded, stop)
+            if limit_s is None:
+                return await job
+            try:
+                return await asyncio.wait_for(asyncio.shield(job), limit_s)
+            except asyncio.TimeoutError:
+                stop.set()
+                job.add_done_callback(lambda f: f.cancelled() or f.exception())  # its outcome is nobody's now
+                raise Overdue() from None
         except asyncio.CancelledError:
             stop.set()  # $/cancelRequest: the engine stops within one forward
             raise

@@ -26,7 +26,7 @@ from .config import Settings
 from .context import ContextRing
 from .errors import BackendError, GemmaLspError
 from .framing import Frames, StdinReader
-from .scheduler import Scheduler, Superseded
+from .scheduler import Overdue, Scheduler, Superseded
 from .stats import ServerStats
 from .text import UTF16, apply_change, offset_at, position_at
 
@@ -63,6 +63,11 @@ class GemmaProtocol(LanguageServerProtocol):
             return
         super().handle_message(message)
 
+
+# A request still not answered after this long gets an error instead (a stuck forward pass,
+# an overloaded machine): a cold 1,500-token prompt on a busy 2-core CPU takes ~25 s, the
+# editors' own limits are 10 s (eglot, lsp-mode; gemma-lsp.el raises them to 30 s) or none.
+REQUEST_LIMIT_S = float(os.environ.get("GEMMA_LSP_REQUEST_LIMIT_S", "28"))
 
 # A pause this long after the last change warms the KV cache at the cursor (one job at a
 # time, preempted by any request): typing never waits for it, a pause pays for it.
@@ -260,7 +265,12 @@ class GemmaServer(LanguageServer):
             return self.ensure_completer().complete(snap, settings, stop, instant=False)
 
         try:
-            c = await self.scheduler.run(uri, work)
+            c = await self.scheduler.run(uri, work, REQUEST_LIMIT_S)
+        except Overdue:
+            self.stats.errors += 1
+            log.error("a completion for %s was not done within %.0f s: answered with an error", uri, REQUEST_LIMIT_S)
+            raise GemmaLspError(f"the engine did not finish within {REQUEST_LIMIT_S:.0f} s (a forward pass is stuck "
+                                "or the machine is overloaded); this request is dropped, the next one may work") from None
         except Superseded:
             self.stats.cancelled += 1
             return None, snap
@@ -274,10 +284,10 @@ class GemmaServer(LanguageServer):
         except GemmaLspError:
             self.stats.errors += 1
             raise
-        except Exception:
+        except Exception as e:  # a bug or a fault in one completion: this request fails, the server goes on
             self.stats.errors += 1
             log.exception("completion failed for %s", uri)
-            raise
+            raise GemmaLspError(f"the completion failed ({type(e).__name__}: {e}); the server is still running") from None
         self.backend_down(None)
         if c.stop_reason == "cancelled":
             self.stats.cancelled += 1
@@ -499,6 +509,9 @@ def _path(uri: str) -> str:
 
 
 def serve(settings_overrides: Settings | dict[str, Any] | None = None, tcp_port: int | None = None) -> None:
+    from . import faults
+
+    faults.announce()
     overrides = settings_overrides if isinstance(settings_overrides, dict) else {}
     ls = create_server(overrides)
     if tcp_port is not None:

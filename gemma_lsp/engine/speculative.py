@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..names import DRAFTERS
+from .. import faults
 from .cache import PrefixCache, restore, truncate
 from .costs import CostCurve
 from .drafters import (AssistantDrafter, AutoDrafter, Draft, Drafter, DraftLength, ModelDrafter, NGramDrafter, NoDrafter,
@@ -167,6 +168,7 @@ class Engine:
     # --- forward passes ---------------------------------------------------------------
 
     def _forward(self, ids: Sequence[int], cache, all_logits: bool) -> torch.Tensor:
+        faults.hit("forward")
         x = torch.tensor([list(ids)], device=self.device)
         start = cache.get_seq_length()
         if self._observer is None:
@@ -287,6 +289,7 @@ class Engine:
             if not constrained:
                 # auto picks each sub-drafter's own length; it only needs the room left
                 k = room if isinstance(drafter, AutoDrafter) else min(self.draft_length.get((lang, drafter.name)), room)
+                faults.hit("drafter")
                 draft = drafter.propose(ctx, k) if k > 0 else Draft([])
                 name = getattr(drafter, "last", drafter.name)
             # Verify [nxt, d1..dk] in one forward.
