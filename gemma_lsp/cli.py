@@ -250,5 +250,12 @@ def main(argv: list[str] | None = None) -> int:
     except GemmaLspError as e:
         print(f"gemma-lsp: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the cache directory cannot be written (a file in the way, no space, no rights)
+        from .paths import cache_dir
+
+        where = e.filename or cache_dir()
+        print(f"gemma-lsp: error: cannot write {where}: {e.strerror or e}. gemma-lsp keeps its files in "
+              f"{cache_dir()}; make it writable, or point GEMMA_LSP_CACHE at a directory that is", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130

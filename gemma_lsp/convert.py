@@ -79,6 +79,10 @@ def convert_gguf(gguf: Path, dest: Path, source: dict[str, object]) -> Path:
         return dest
     except OSError as e:
         raise _os_error(e, dest) from e
+    except Exception as e:  # transformers' GGUF reader on a truncated or corrupt file
+        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ModelError(f"{gguf} is not a readable GGUF file ({type(e).__name__}: {text}); it may be truncated "
+                         "or corrupt: download or copy it again") from e
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -64,7 +64,7 @@ def index_for(tokenizer, directory: Path | None = None, root: Path | None = None
     path = directory / f"retrieval-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.npz"
     try:
         return TokenIndex.load(path)
-    except (OSError, ValueError, KeyError):
+    except Exception:  # missing, or damaged (a BadZipFile, a short read): build it again
         pass
     print("Indexing the Python standard library for retrieval drafts (one time)...", file=sys.stderr, flush=True)
     try:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..paths import models_dir
+from ..paths import models_dir, write_atomic
 from ..quant.linear import HybridLinear, set_max_rows
 
 if TYPE_CHECKING:
@@ -124,7 +124,7 @@ def cached_measure(model: torch.nn.Module, key: str, directory: Path, refresh: b
     curve = measure(model)
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"ident": ident, "ms": curve.ms, "max_rows": curve.max_rows}, indent=1))
+        write_atomic(path, json.dumps({"ident": ident, "ms": curve.ms, "max_rows": curve.max_rows}, indent=1))
     except OSError:
         pass  # a read-only cache only costs the measurement next time
     return curve

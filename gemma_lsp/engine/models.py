@@ -116,8 +116,10 @@ def load(spec: str | None, device: str = "auto", dtype: str = "auto") -> Loaded:
         tok = None
         if getattr(model.config, "model_type", "") != "gemma4_assistant":
             tok = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"could not load model from {path}: {e}") from e
+    except Exception as e:  # a damaged or mismatched file: say which, never a traceback
+        hint = " (the weights do not fit the config: a damaged or mismatched *.safetensors?)" \
+            if "mismatch" in str(e) or "size" in str(e) else ""
+        raise ModelError(f"could not load model from {path}: {_first_line(e)}{hint}") from e
     model.to(dev).eval()
     weights = str(dt).removeprefix("torch.")
     if qfile is not None:
@@ -135,6 +137,11 @@ def load(spec: str | None, device: str = "auto", dtype: str = "auto") -> Loaded:
         if lean.installed(model):
             weights += ", lean decode"
     return Loaded(model, tok, name=spec or default_model.NAME, path=path, preset_draft=preset_draft, weights=weights)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
 
 
 def load_tokenizer(spec: str | None) -> tuple[object, str]:

@@ -14,6 +14,7 @@ binary search. Memory: 8 bytes per corpus token (ids + positions, int32).
 from __future__ import annotations
 
 import bisect
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -86,9 +87,12 @@ class TokenIndex:
         return []
 
     def save(self, path: Path) -> None:
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, ids=self.ids, sa=self.sa)
-        tmp.replace(path)
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")  # one per writer; renamed when whole
+        try:
+            np.savez(tmp, ids=self.ids, sa=self.sa)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
     @classmethod
     def load(cls, path: Path) -> "TokenIndex":
