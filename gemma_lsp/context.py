@@ -99,8 +99,9 @@ class ContextRing:
         self._chunks: OrderedDict[str, Chunk] = OrderedDict()
 
     def offer(self, uri: str, path: str, language: str, text: str, line: int = 0) -> None:
-        """Remember a window of `text` around `line` of another file (no-op for secret files)."""
-        if is_secret(path):
+        """Remember a window of `text` around `line` of another file (no-op for secret files,
+        also when the name is innocent and a symlink points at one)."""
+        if is_secret(path) or is_secret(os.path.realpath(path)):
             self._chunks.pop(uri, None)
             return
         starts = line_starts(text)  # LSP lines, so `line` (an LSP line number) centres the window
