@@ -120,34 +120,55 @@ def _check_cache(cache: Path) -> dict[str, bool]:
     return found
 
 
+def _bf16_ready(cache: Path) -> bool:
+    from gemma_lsp.convert import MARKER
+
+    models = cache / "models"
+    return models.exists() and any((d / MARKER).is_file() for d in models.iterdir() if d.is_dir())
+
+
+def _quant_ready(cache: Path) -> bool:
+    models = cache / "models"
+    return models.exists() and any(models.glob("*/gguf-weights.safetensors"))
+
+
 @pytest.mark.slow
 def test_prepare_killed_at_random_moments_recovers(tmp_path):
-    """SIGKILL `gemma-lsp prepare` at seeded random moments; after each, the cache holds only
-    whole files; the last run finishes, redoing only what was not done, and completes."""
+    """SIGKILL `gemma-lsp prepare` three times at seeded random moments, one in each stretch
+    of its work (the bf16 conversion; after it, while the GGUF weights are extracted; after
+    those, while the kernels, the cost curve and the retrieval index are made). After every
+    kill the cache holds only whole files; the last run finishes without redoing what was
+    done (no second conversion) and the model completes."""
     need_default_model()
     rng = random.Random(int(os.environ.get("GEMMA_LSP_KILL_SEED", "3")))
     cache = tmp_path / "cache"
     env = dict(os.environ, GEMMA_LSP_CACHE=str(cache))
     kills = []
-    for moment in sorted(rng.uniform(2, 90) for _ in range(3)):
+    for stage, ready in (("converting", lambda: True), ("extracting", lambda: _bf16_ready(cache)),
+                         ("after the weights", lambda: _quant_ready(cache))):
         p = subprocess.Popen([sys.executable, "-m", "gemma_lsp", "prepare"], env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 600
+        while not ready() and p.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        moment = rng.uniform(0.5, 20)
         time.sleep(moment)
-        if p.poll() is not None:
-            break
+        if p.poll() is not None:  # it finished first: nothing to kill in this stretch
+            kills.append((stage, "finished"))
+            continue
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
-        kills.append((round(moment, 1), _check_cache(cache)))
+        kills.append((stage, round(moment, 1), _check_cache(cache)))
     before = _check_cache(cache)
     r = _run(["prepare"], cache)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "ready:" in r.stdout + r.stderr
-    if before["bf16"]:
-        assert "Converting" not in r.stdout + r.stderr  # the finished step was not redone
+    assert before["bf16"]  # the second kill came after the conversion
+    assert "Converting" not in r.stdout + r.stderr  # the finished step was not redone
     after = _check_cache(cache)
     assert after["bf16"] and after["quant"]
     f = tmp_path / "x.py"
     f.write_text("def fib(n):\n    if n < 2:\n        return n\n    return ")
     out = _run(["complete", f"{f}:4:12", "--max-tokens", "8"], cache)
     assert out.returncode == 0 and out.stdout.strip(), out.stderr[-2000:]
-    print("kills (seconds, what was whole):", kills)
+    print("kills (stretch, seconds into it, what was whole):", kills)
