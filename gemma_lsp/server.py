@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -119,8 +120,6 @@ class GemmaServer(LanguageServer):
         return Frames(raw, reply, ack)
 
     def start_io(self, stdin=None, stdout=None) -> None:
-        import sys
-
         self._stop_event = threading.Event()
         self.protocol.set_writer(StdoutWriter(stdout or sys.stdout.buffer))
         reader = self.frames(StdinReader(stdin or sys.stdin.buffer, self.thread_pool))
