@@ -13,6 +13,7 @@ answered here, following JSON-RPC 2.0 and LSP 3.17:
   a request after `shutdown`                  -32600 Invalid Request (notifications dropped, `exit` kept)
   a notification sent with an id              applied as the notification, and answered `null`
   a body over MAX_BODY bytes                  read and thrown away in pieces (memory stays bounded), -32600
+                                              when its id is at the top, else no answer
 
 Framing itself is the client's to get right: a `Content-Length` that lies consumes or
 leaves bytes that belong to the next message. Header lines that are not headers are
@@ -172,7 +173,9 @@ class Frames:
         except asyncio.IncompleteReadError:
             pass
         log.warning("dropped a message of %d bytes (the limit is %d)", length, MAX_BODY)
-        self.reply(salvage_id(head), INVALID_REQUEST, f"message of {length} bytes is over the limit of {MAX_BODY}")
+        rid = salvage_id(head)
+        if rid is not None:  # a request whose id we can read; a notification gets no answer
+            self.reply(rid, INVALID_REQUEST, f"message of {length} bytes is over the limit of {MAX_BODY}")
 
     # --- checking one body --------------------------------------------------------------
 

@@ -132,3 +132,26 @@ def test_stats_after_completions_report_the_cache(wire):
         "context": {"triggerKind": 1}}, timeout=120)
     stats = wire.request("gemma/stats")["result"]
     assert 0 < stats["cache_bytes"] <= stats["cache_limit_bytes"]
+
+
+async def test_an_oversized_message_is_dropped_in_pieces(monkeypatch):
+    """In process, with a small limit: the body is read and dropped (the stream stays in
+    step), a request whose id is at the top gets -32600, a notification gets nothing."""
+    import asyncio
+
+    from gemma_lsp import framing
+
+    monkeypatch.setattr(framing, "MAX_BODY", 100)
+    monkeypatch.setattr(framing, "PIECE", 7)
+    big_request = json.dumps({"jsonrpc": "2.0", "id": 5, "method": "x", "params": {"t": "a" * 300}}).encode()
+    big_note = json.dumps({"jsonrpc": "2.0", "method": "x", "params": {"t": "a" * 300}}).encode()
+    ok = json.dumps({"jsonrpc": "2.0", "id": 6, "method": "initialize", "params": {}}).encode()
+    raw = asyncio.StreamReader()
+    raw.feed_data(frame(big_request) + frame(big_note) + frame(ok))
+    raw.feed_eof()
+    replies = []
+    frames = framing.Frames(raw, lambda rid, code, msg: replies.append((rid, code)), lambda rid: None)
+    assert await frames.readline() == b"Content-Length: %d\r\n" % len(ok)
+    assert await frames.readline() == b"\r\n"
+    assert await frames.readexactly(len(ok)) == ok
+    assert replies == [(5, -32600)]
