@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from .errors import ModelError
+from .errors import ModelError, first_line
 
 MARKER = "gemma_lsp.json"  # written last inside a prepared directory
 CHUNK = 8 << 20
@@ -80,8 +80,7 @@ def convert_gguf(gguf: Path, dest: Path, source: dict[str, object]) -> Path:
     except OSError as e:
         raise _os_error(e, dest) from e
     except Exception as e:  # transformers' GGUF reader on a truncated or corrupt file
-        text = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ModelError(f"{gguf} is not a readable GGUF file ({type(e).__name__}: {text}); it may be truncated "
+        raise ModelError(f"{gguf} is not a readable GGUF file ({first_line(e)}); it may be truncated "
                          "or corrupt: download or copy it again") from e
     finally:
         if tmp.exists():

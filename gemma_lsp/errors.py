@@ -18,3 +18,9 @@ class BackendError(GemmaLspError):
     """The model server could not answer (down, refused, timed out, wrong model).
 
     The server answers the request with nothing and tells the user once per outage."""
+
+
+def first_line(e: BaseException) -> str:
+    """`Type: first line of the message`: what a user needs of a library's long error."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__

@@ -195,13 +195,13 @@ class Frames:
             self._refuse(body, PARSE_ERROR, f"Parse error: {e.msg} (character {e.pos})")  # type: ignore[attr-defined]
             return None
         if not isinstance(msg, dict):
-            self._refuse(b"", INVALID_REQUEST, "Invalid Request: a message is a JSON object (LSP has no batches)", size=len(body))
+            self._refuse(body, INVALID_REQUEST, "Invalid Request: a message is a JSON object (LSP has no batches)")
             return None
         rid, method = msg.get("id"), msg.get("method")
         is_request = "id" in msg and "method" in msg
         if "id" in msg and not (rid is None or isinstance(rid, str) or (isinstance(rid, (int, float)) and not isinstance(rid, bool))):
             if "method" in msg:
-                self._refuse(b"", INVALID_REQUEST, "Invalid Request: an id is a string or a number", size=len(body))
+                self._refuse(body, INVALID_REQUEST, "Invalid Request: an id is a string or a number")
             else:
                 log.warning("dropped a response of %d bytes: its id is not a string or a number", len(body))
             return None
@@ -209,7 +209,7 @@ class Frames:
                    "a method is a string" if "method" in msg and not isinstance(method, str) else None)
         if problem is not None:
             if is_request:  # a notification or a response gets no answer, even a bad one
-                self._refuse(b"", INVALID_REQUEST, f"Invalid Request: {problem}", rid, size=len(body))
+                self._refuse(body, INVALID_REQUEST, f"Invalid Request: {problem}", rid)
             else:
                 log.warning("dropped a message of %d bytes: %s", len(body), problem)
             return None
@@ -238,9 +238,9 @@ class Frames:
             return json.dumps(msg).encode()
         return body
 
-    def _refuse(self, body: bytes, code: int, message: str, rid: Any = None, size: int | None = None) -> None:
-        """Answer a message pygls will not see. `body` is searched for an id when there is none."""
-        if rid is None and body:
+    def _refuse(self, body: bytes, code: int, message: str, rid: Any = None) -> None:
+        """Answer a message pygls will not see. A body that does not parse is searched for its id."""
+        if rid is None and code == PARSE_ERROR:
             rid = salvage_id(body[:SALVAGE])
-        log.warning("refused a message of %d bytes: %s", len(body) if size is None else size, message)
+        log.warning("refused a message of %d bytes: %s", len(body), message)
         self.reply(rid, code, message)

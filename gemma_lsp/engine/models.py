@@ -18,7 +18,7 @@ import torch
 
 from .. import default_model
 from ..convert import assemble, make_missing, missing
-from ..errors import ModelError
+from ..errors import ModelError, first_line
 from ..paths import models_dir
 from ..quant import lean, native
 from ..quant.model import KINDS, attach, quant_path
@@ -119,7 +119,7 @@ def load(spec: str | None, device: str = "auto", dtype: str = "auto") -> Loaded:
     except Exception as e:  # a damaged or mismatched file: say which, never a traceback
         hint = " (the weights do not fit the config: a damaged or mismatched *.safetensors?)" \
             if "mismatch" in str(e) or "size" in str(e) else ""
-        raise ModelError(f"could not load model from {path}: {_first_line(e)}{hint}") from e
+        raise ModelError(f"could not load model from {path}: {first_line(e)}{hint}") from e
     model.to(dev).eval()
     weights = str(dt).removeprefix("torch.")
     if qfile is not None:
@@ -137,11 +137,6 @@ def load(spec: str | None, device: str = "auto", dtype: str = "auto") -> Loaded:
         if lean.installed(model):
             weights += ", lean decode"
     return Loaded(model, tok, name=spec or default_model.NAME, path=path, preset_draft=preset_draft, weights=weights)
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return f"{type(e).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
 
 
 def load_tokenizer(spec: str | None) -> tuple[object, str]:
