@@ -78,6 +78,13 @@ class Settings:
                 errors.append(str(e))
         return out, errors
 
+    def changed(self) -> dict[str, Any]:
+        """The settings that differ from the defaults, by wire name: what a user set, for the
+        log (so "did my setting reach the server?" has an answer). Values only, never text."""
+        default = Settings()
+        return {_camel(f.name): getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) != getattr(default, f.name)}
+
     def engine_key(self) -> tuple[Any, ...]:
         """Settings that need a model reload when they change."""
         return (self.model, self.draft_model, self.dtype, self.device, self.backend, self.backend_model, self.api_key_env)

@@ -163,7 +163,9 @@ class GemmaServer(LanguageServer):
         A bad value drops only its own key, and the user is told which and why."""
         s, errors = Settings().merged_lenient(self.init_options)
         s, more = s.merged_lenient(self.client_settings)
-        self.settings = s.merged(self.cli_overrides)
+        before, self.settings = self.settings, s.merged(self.cli_overrides)
+        if self.settings != before:
+            log.info("settings in effect (non-default): %s", self.settings.changed() or "none")
         for e in errors + more:
             log.warning("ignoring setting: %s", e)
             self.window_show_message(lsp.ShowMessageParams(lsp.MessageType.Warning, f"gemma-lsp: ignoring setting: {e}"))

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field
 from .engine import Stats
 
 
-def _percentile(xs: list[float], q: float) -> float:
+def _percentile(xs: list[float], q: float) -> float | None:
+    """None before the first completion: nothing was measured, which is not 0 ms."""
     if not xs:
-        return 0.0
+        return None
     s = sorted(xs)
     k = min(len(s) - 1, max(0, round(q * (len(s) - 1))))
     return round(s[k], 1)
@@ -63,5 +64,5 @@ class ServerStats:
                 "typed_through": self.typed_through, "errors": self.errors,
                 "warmups": self.warmups, "warm_tokens": self.warm_tokens, "backend": self.backend,
                 "latency_ms": {"p50": _percentile(lat, 0.5), "p95": _percentile(lat, 0.95),
-                               "last": round(lat[-1], 1) if lat else 0.0},
+                               "last": round(lat[-1], 1) if lat else None},
             }

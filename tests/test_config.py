@@ -104,3 +104,10 @@ def test_engine_key():
     a = Settings()
     assert a.merged({"maxTokens": 9}).engine_key() == a.engine_key()
     assert a.merged({"model": "/m"}).engine_key() != a.engine_key()
+
+
+def test_changed_lists_only_what_differs_from_the_defaults() -> None:
+    """The server logs this when settings change: a user can see their setting arrived."""
+    assert Settings().changed() == {}
+    s = Settings().merged({"gemmaLsp": {"maxTokens": 48, "drafter": "auto", "singleLine": "always"}})
+    assert s.changed() == {"maxTokens": 48, "singleLine": "always"}

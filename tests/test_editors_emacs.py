@@ -1,8 +1,9 @@
 """Checks of editors/emacs/gemma-lsp.el with a batch Emacs (Debian: apt-get install emacs-nox).
 
-Emacs 28 (Debian 12) has no eglot and lsp-mode is not installed here, so both are replaced
-by small stand-ins that record what the package registers; the file must byte-compile
-without warnings with neither of them present.
+These run `emacs -Q` (no packages), so eglot and lsp-mode are replaced by small stand-ins
+that record what the package registers, and the file must byte-compile without warnings
+with neither present (Emacs 28 has no built-in eglot). The real eglot and lsp-mode are
+driven in tests/test_emacs_e2e.py.
 """
 
 from __future__ import annotations

@@ -129,6 +129,7 @@ export class GemmaExtension implements vscode.Disposable {
       await starting;
       this.output.appendLine(`gemma-lsp started: ${serverCommand(rawSection(), process.env).command}`);
       this.scheduleRefresh();
+      this.askAgain();
     } catch (err) {
       this.output.appendLine(`gemma-lsp failed to start: ${String(err)}`);
       this.render();
@@ -168,6 +169,21 @@ export class GemmaExtension implements vscode.Disposable {
     await cfg.update("enabled", next, vscode.ConfigurationTarget.Global);
     void vscode.window.showInformationMessage(`gemma-lsp completions ${next ? "enabled" : "disabled"}.`);
     this.render();
+    if (next) this.askAgain();
+  }
+
+  /**
+   * Ask for ghost text at the cursor once more. VS Code asks an inline provider after an
+   * edit and not again: text typed before this extension was active (it activates after
+   * start-up) or while completions were off would otherwise get no suggestion until the
+   * next keystroke. The command acts on the focused editor only.
+   */
+  private askAgain(): void {
+    const editor = vscode.window.activeTextEditor;
+    if (!editor) return;
+    const cfg = vscode.workspace.getConfiguration(SECTION, editor.document);
+    if (!isEnabledFor(editor.document.languageId, cfg.get("enabled"), cfg.get("languages"))) return;
+    void vscode.commands.executeCommand("editor.action.inlineSuggest.trigger");
   }
 
   async fetchStats(): Promise<Stats | null> {

@@ -31,6 +31,7 @@ beforeEach(async () => {
   vscode.settings.set("gemmaLsp.statsIntervalMs", 0);
   vscode.messages.length = 0;
   vscode.updates.length = 0;
+  vscode.executedCommands.length = 0;
   vscode.setNextErrorChoice(undefined);
   vscode.window.activeTextEditor = { document: { languageId: "python" } };
   LanguageClient.instances.length = 0;
@@ -142,6 +143,19 @@ test("a request while the server starts waits for it instead of answering nothin
   assert.deepEqual(await waiting, []);
   assert.equal(client().requests.filter((r) => r.method === INLINE_METHOD).length, 0);
   open();
+});
+
+test("once the server runs, and when completions are turned back on, ghost text is asked for again", async () => {
+  const TRIGGER = "editor.action.inlineSuggest.trigger";
+  const triggers = () => vscode.executedCommands.filter((c) => c.id === TRIGGER).length;
+  assert.equal(triggers(), 1, "asked at start-up: text typed before activation gets its suggestion");
+  await vscode.commands.executeCommand("gemmaLsp.toggle"); // off: nothing to ask
+  assert.equal(triggers(), 1);
+  await vscode.commands.executeCommand("gemmaLsp.toggle"); // on again
+  assert.equal(triggers(), 2);
+  vscode.window.activeTextEditor = { document: { languageId: "markdown" } }; // off for markdown
+  await vscode.commands.executeCommand("gemmaLsp.restart");
+  assert.equal(triggers(), 2);
 });
 
 test("snippet results become SnippetString", async () => {
