@@ -127,24 +127,24 @@ class Workbench:
     def status_text(self) -> str:
         return " | ".join(self.page.locator(".statusbar-item").all_inner_texts())
 
-    def command(self, title: str) -> None:
-        """Run a command from the palette, by its title, as a user does."""
+    def quick_pick(self, key: str, text: str) -> None:
+        """Open a quick-input box with `key`, type `text`, wait for its row, take it."""
         page = self.page
-        page.keyboard.press("F1")
+        page.keyboard.press(key)
         page.wait_for_selector(".quick-input-widget input", timeout=20_000)
-        page.keyboard.type(title)
-        page.wait_for_selector(f".quick-input-list .monaco-list-row[aria-label*='{title}']", timeout=20_000)
+        page.keyboard.type(text)
+        page.wait_for_selector(f".quick-input-list .monaco-list-row[aria-label*='{text}']", timeout=20_000)
         page.keyboard.press("Enter")
 
+    def command(self, title: str) -> None:
+        """Run a command from the palette, by its title, as a user does."""
+        self.quick_pick("F1", title)
+
     def open_file(self, name: str) -> None:
-        page = self.page
-        page.keyboard.press("Control+P")
-        page.wait_for_selector(".quick-input-widget input", timeout=20_000)
-        page.keyboard.type(name)
-        page.wait_for_selector(f".quick-input-list .monaco-list-row[aria-label*='{name}']", timeout=20_000)
-        page.keyboard.press("Enter")
-        page.wait_for_selector(f".tab.active[aria-label*='{name}']", timeout=20_000)
-        page.click(".editor-instance .monaco-editor .view-lines")
+        """Quick Open (Ctrl+P) the file, then put the focus in its editor."""
+        self.quick_pick("Control+P", name)
+        self.page.wait_for_selector(f".tab.active[aria-label*='{name}']", timeout=20_000)
+        self.page.click(".editor-instance .monaco-editor .view-lines")
 
     def type_at_line_end(self, line: int, text: str) -> None:
         page = self.page
