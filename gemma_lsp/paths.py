@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Callable
 
 import platformdirs
 
@@ -21,16 +22,22 @@ def models_dir() -> Path:
     return cache_dir() / "models"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` so that a reader sees the old file or the whole new one, never a
-    half-written one (a kill or a full disk mid-write leaves at most a temporary file)."""
+def replace_atomically(path: Path, write: Callable[[Path], None], suffix: str = "") -> None:
+    """Make `path` by `write(tmp)` on a temporary name in the same folder, then one rename:
+    a reader sees the old file or the whole new one, never a half-written one (a kill or a
+    full disk mid-write leaves at most the temporary file, and an error removes it)."""
     import tempfile
 
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        write(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """`text` into `path`, atomically (see replace_atomically)."""
+    replace_atomically(path, lambda tmp: tmp.write_text(text))

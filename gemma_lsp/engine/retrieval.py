@@ -14,12 +14,12 @@ binary search. Memory: 8 bytes per corpus token (ids + positions, int32).
 from __future__ import annotations
 
 import bisect
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from ..paths import replace_atomically
 from .drafters import Draft
 
 ORDER = 8  # longest tail looked up; the suffix array is sorted by this many tokens
@@ -87,12 +87,8 @@ class TokenIndex:
         return []
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")  # one per writer; renamed when whole
-        try:
-            np.savez(tmp, ids=self.ids, sa=self.sa)
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        # np.savez adds ".npz" to a name without it: the temporary name keeps the suffix.
+        replace_atomically(path, lambda tmp: np.savez(tmp, ids=self.ids, sa=self.sa), suffix=".npz")
 
     @classmethod
     def load(cls, path: Path) -> "TokenIndex":

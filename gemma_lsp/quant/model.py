@@ -18,8 +18,6 @@ lean.py (fused siblings, row-by-row attention).
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,7 @@ import torch
 from torch import nn
 
 from ..errors import ModelError
+from ..paths import replace_atomically
 from . import blocks, lean, native
 from .linear import BlockLinear, HybridLinear, Int4Linear, Int8Linear, nibbles, unnibble
 
@@ -109,13 +108,10 @@ def build(gguf: Path, model_dir: Path) -> Path:
             out[f"{name}.q8_scale"] = torch.from_numpy(w.scale)
             kinds["int8"] += 1
     dest = quant_path(model_dir)
-    fd, tmp = tempfile.mkstemp(prefix=f".{QUANT_FILE}.", dir=model_dir)
-    os.close(fd)
+    meta = {"format": FORMAT, "source": gguf.name, "kinds": json.dumps(kinds)}
     try:
-        save_file(out, tmp, metadata={"format": FORMAT, "source": gguf.name, "kinds": json.dumps(kinds)})
-        os.replace(tmp, dest)
+        replace_atomically(dest, lambda tmp: save_file(out, str(tmp), metadata=meta))
     except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
         raise ModelError(f"could not write {dest}: {e}") from e
     return dest
 
