@@ -8,8 +8,10 @@ Neovim) driven the way a user drives them; nothing here stands in for one.
 
 from __future__ import annotations
 
+import functools
 import os
 import pty
+import re
 import select
 import shutil
 import signal
@@ -28,8 +30,6 @@ INSTALLER = ROOT / "scripts" / "install-editors.sh"
 
 def _pinned(name: str) -> str:
     """A version pinned in the installer (its one home)."""
-    import re
-
     m = re.search(rf"^{name}=(\S+)", INSTALLER.read_text(), re.M)
     assert m, f"{name}= not found in {INSTALLER}"
     return m.group(1)
@@ -76,6 +76,7 @@ def chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
+@functools.lru_cache(maxsize=None)  # one batch Emacs per set of features, not per test
 def emacs_has(*features: str) -> bool:
     """Whether a user's Emacs (its packages activated) can load each of FEATURES."""
     exe = shutil.which("emacs")
@@ -151,6 +152,4 @@ def run_in_pty(argv: list[str], env: dict[str, str], timeout_s: float) -> tuple[
 
 
 def _plain(screen: str) -> str:
-    import re
-
     return re.sub(r"\x1b\[[0-9;?>=]*[A-Za-z]|\x1b[()][0-9A-Za-z]|\x1b[=>]", "", screen)[-4000:]

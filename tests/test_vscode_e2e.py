@@ -21,7 +21,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -32,7 +31,8 @@ import pytest
 
 from conftest import need_default_model
 from gemma_lsp.paths import cache_dir
-from real_editors import ROOT, TASK_LINE, chromium, code_server, need, run_file, server_command, write_task
+from real_editors import CACHE, ROOT, TASK_LINE, chromium, code_server, need, run_file, server_command, write_task
+from wire import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -47,12 +47,6 @@ assert add(2, 3) == 5
 '''
 GHOST = ".ghost-text-decoration"
 WAIT_MS = 180_000  # the first ghost text waits for the model to load
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def packaged_vsix(out: Path) -> Path:
@@ -171,7 +165,7 @@ class Workbench:
 def workbench(tmp_path_factory) -> Iterator[Workbench]:
     need_default_model()
     cs = code_server()
-    need(cs is not None, f"code-server (under {os.environ.get('GEMMA_LSP_EDITORS_CACHE', '~/.cache/gemma-lsp-build/editors')})")
+    need(cs is not None, f"code-server (under {CACHE})")
     browser_exe = chromium()
     need(browser_exe is not None, "chromium (Debian: apt-get install chromium)")
     try:
