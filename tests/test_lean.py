@@ -53,7 +53,9 @@ def test_lean_forward_computes_what_transformers_computes(build, tmp_path):
         x = prompt(rows, seed=rows)
         got = model(input_ids=x, cache=ours, logits_to_keep=rows).logits
         want = model.forward.fallback(input_ids=x, cache=theirs, logits_to_keep=rows).logits
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+        # float32 sums in another order (our attention kernel, fused siblings): rounding relative
+        # to the logits' scale (~80 here), not to each small logit
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * want.abs().max().item())
         assert torch.equal(got.argmax(-1), want.argmax(-1))
         for a, b in zip(ours.layers, theirs.layers):  # and it leaves the same KV behind
             torch.testing.assert_close(a.keys, b.keys, rtol=1e-5, atol=1e-5)

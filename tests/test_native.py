@@ -18,6 +18,7 @@ from gguf import GGMLQuantizationType as T
 from gguf import quants
 
 from gemma_lsp.quant import native
+from gemma_lsp.quant.linear import BlockLinear
 from test_quant import random_blocks
 
 pytestmark = pytest.mark.skipif(not native.available(), reason=f"native kernels: {native.status()}")
@@ -118,6 +119,95 @@ def test_each_row_is_computed_alone(qtype, dtype, isa):
     assert torch.equal(mm(x.view(3, 4, 512), w), together.view(3, 4, 48))
 
 
+needs_avx512 = pytest.mark.skipif(not native.available() or native.isa() != "avx512",
+                                  reason="the tile kernels need AVX512-VNNI")
+TILED = {T.Q4_K: "q4k", T.Q6_K: "q6k"}
+
+
+def tiled(qtype: T, n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
+    w, ref = weights(qtype, n, k, seed)
+    return native.tile(TILED[qtype], w), ref
+
+
+@needs_avx512
+@pytest.mark.parametrize("qtype", list(TILED), ids=lambda t: t.name)
+@pytest.mark.parametrize("rows", [1, 3, 8, 11])
+def test_tile_kernels_compute_the_blocks_times_int8_activations(qtype, rows):
+    """The same math as the row kernels, 16 output columns per tile (kernels/tiles.h)."""
+    w, ref = tiled(qtype, 96, 768, seed=rows)
+    assert w.shape == (6, 3, 16 * BlockLinear.KINDS[TILED[qtype]][1])
+    x = torch.randn(rows, 768, generator=torch.Generator().manual_seed(rows)) * 3
+    x[:, 5] = 40.0
+    y = native.op(TILED[qtype], tiled=True)(x, w)
+    check_against_references(y, x, ref, qtype)
+    rows_kernel = native.mm(TILED[qtype], x, weights(qtype, 96, 768, seed=rows)[0])
+    torch.testing.assert_close(y, rows_kernel, rtol=1e-5, atol=1e-5 * y.abs().max().item())
+
+
+@needs_avx512
+@pytest.mark.parametrize("qtype", list(TILED), ids=lambda t: t.name)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_tile_kernels_compute_each_row_alone(qtype, dtype):
+    """A k-row call on tiles yields, bit for bit, what k one-row calls yield (verify == steps)."""
+    w, _ = tiled(qtype, 64, 512, seed=7)
+    mm = native.op(TILED[qtype], tiled=True)
+    x = torch.randn(12, 512, generator=torch.Generator().manual_seed(1)).to(dtype)
+    together = mm(x, w)
+    assert together.dtype == dtype and together.shape == (12, 64)
+    assert torch.equal(together, torch.cat([mm(x[i : i + 1], w) for i in range(12)]))
+
+
+@needs_avx512
+def test_tiles_need_whole_tiles_and_matching_shapes():
+    w, _ = weights(T.Q4_K, 40, 256)
+    with pytest.raises(RuntimeError, match="multiple of 16"):
+        native.tile("q4k", w)
+    assert not native.tiles("q4k", 40) and native.tiles("q4k", 48) and not native.tiles("q8_0", 48)
+    layer = BlockLinear(256, 40, False, torch.float32, "q4k")
+    layer.set_weight(w)  # 40 rows: stays on the row kernel
+    assert not layer.tiled and layer.blocks.shape == (40, 1, 148)
+    t, _ = tiled(T.Q4_K, 32, 256)
+    with pytest.raises(RuntimeError, match="features"):
+        native.op("q4k", tiled=True)(torch.zeros(1, 512), t)
+    with pytest.raises(RuntimeError, match="2368"):
+        native.op("q4k", tiled=True)(torch.zeros(1, 256), t.view(2, 1, 2, 1184))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("head_dim,heads,kv_heads", [(128, 12, 2), (20, 4, 4), (8, 2, 1)])
+def test_attend_is_causal_attention_row_by_row(dtype, head_dim, heads, kv_heads):
+    """kernels/attend.h against torch's attention (float64), on strided views of a cache buffer
+    with room to spare, as lean.py keeps them; and a k-row call equals k one-row calls bit for bit."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(head_dim)
+    buf_k, buf_v = (torch.randn(1, kv_heads, 400, head_dim, generator=g).to(dtype) for _ in range(2))
+    start, m, scale = 300, 5, head_dim**-0.5
+    k, v = buf_k[:, :, : start + m], buf_v[:, :, : start + m]
+    q = torch.randn(1, heads, m, head_dim, generator=g).to(dtype)
+    y = native.attend(q, k, v, start, scale)
+    assert y.dtype == dtype and y.shape == q.shape
+    ref = torch.cat([F.scaled_dot_product_attention(q[:, :, r : r + 1].double(), k[:, :, : start + r + 1].double(),
+                                                    v[:, :, : start + r + 1].double(), scale=scale, enable_gqa=True)
+                     for r in range(m)], 2)
+    tol = 1e-6 if dtype == torch.float32 else 8e-3  # float32 sums; bf16 output rounding
+    assert (y.double() - ref).abs().max() < tol
+    alone = [native.attend(q[:, :, r : r + 1], k[:, :, : start + r + 1], v[:, :, : start + r + 1], start + r, scale)
+             for r in range(m)]
+    assert torch.equal(torch.cat(alone, 2), y)
+
+
+def test_attend_refuses_what_it_cannot_read():
+    q, k = torch.zeros(1, 4, 2, 8), torch.zeros(1, 2, 10, 8)
+    with pytest.raises(RuntimeError, match="cached positions"):
+        native.attend(q, k, k, 9, 1.0)
+    with pytest.raises(RuntimeError, match="multiple of KV heads"):
+        native.attend(torch.zeros(1, 3, 1, 8), k, k, 0, 1.0)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        strided = torch.zeros(1, 2, 8, 10).transpose(2, 3)  # [1, 2, 10, 8], head_dim strided
+        native.attend(q, strided, strided, 0, 1.0)
+
+
 def test_zero_rows_and_wrong_shapes(isa):
     w8, _ = weights(T.Q8_0, 16, 96)
     with pytest.raises(RuntimeError, match="features"):
@@ -185,6 +275,8 @@ def test_build_keeps_the_blocks_and_attach_runs_them(tiny_blocks):
         for name, w in dense.items():
             layer = model.get_submodule(name)
             assert isinstance(layer.quant, BlockLinear)
+            # tiles wherever they run (lm_head's 88 rows are not whole tiles: the row kernel)
+            assert layer.quant.tiled == native.tiles(layer.quant.kind, layer.out_features)
             if layer.in_features != hidden:
                 continue
             ref = x.float() @ w.float().T

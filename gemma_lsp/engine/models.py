@@ -132,7 +132,7 @@ def load(spec: str | None, device: str = "auto", dtype: str = "auto") -> Loaded:
                              "to rebuild it, or use dtype bfloat16") from e
         weights = f"gguf {' + '.join(f'{k} x{v}' for k, v in counts.items() if v)}"
         if any(counts[kind] for kind in KINDS):
-            weights += f" ({native.isa()})"  # a cost curve per instruction set: it keys the cached curve
+            weights += f" ({native.describe()})"  # a cost curve per kernel set: it keys the cached curve
         weights += ", bf16 prefill"
         if lean.installed(model):
             weights += ", lean decode"

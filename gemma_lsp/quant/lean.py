@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import native
 from .linear import BlockLinear, HybridLinear, Int4Linear
 
 ARCHS = ("qwen2", "llama")  # pre-norm RMSNorm, rotary GQA attention (optional q/k/v bias), SwiGLU MLP
@@ -63,7 +64,7 @@ def _runs(mods: Sequence[HybridLinear]) -> list[list[HybridLinear]]:
 
 def _fusable(a: nn.Module, b: nn.Module) -> bool:
     if isinstance(a, BlockLinear) and isinstance(b, BlockLinear):
-        return a.kind == b.kind and a.in_features == b.in_features
+        return a.kind == b.kind and a.in_features == b.in_features and a.tiled == b.tiled
     return isinstance(a, Int4Linear) and isinstance(b, Int4Linear) and a.out_features % PACK_BLOCK == 0
 
 
@@ -83,11 +84,11 @@ def _fuse_blocks(mods: list[BlockLinear]) -> BlockLinear:
     Output rows are computed independently, so each column equals its own layer's."""
     dtype = next((m.bias.dtype for m in mods if m.bias is not None), torch.float32)
     fused = BlockLinear(mods[0].in_features, sum(m.out_features for m in mods), False, dtype, mods[0].kind)
-    fused.blocks = torch.cat([m.blocks for m in mods], 0)
+    fused.use(torch.cat([m.blocks for m in mods], 0), mods[0].tiled)  # tiles stack as rows do: 16 rows each
     fused.bias = _fused_bias(mods, dtype)
     start = 0
     for m in mods:
-        m.blocks = fused.blocks[start : start + m.out_features]
+        m.use(fused.rows(start, start + m.out_features), m.tiled)
         start += m.out_features
     return fused
 
@@ -138,6 +139,7 @@ class LeanForward:
         self.heads, self.kv_heads = cfg.num_attention_heads, cfg.num_key_value_heads
         self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         self.scale = self.head_dim**-0.5
+        self.native = native.available() and model.device.type == "cpu"
         self.first = model.model.layers[0].self_attn.q_proj  # its max_rows is every HybridLinear's
         self.layers = [
             (layer.input_layernorm,
@@ -183,7 +185,10 @@ class LeanForward:
         return self.model.lm_head(h)
 
     def attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, start: int) -> torch.Tensor:
-        """Causal attention, one query row at a time: row r sees keys [0, start + r]."""
+        """Causal attention, one query row at a time: row r sees keys [0, start + r]. Our kernel
+        (kernels/attend.h) where it runs: torch's flash attention costs ~0.5 ms a call on a CPU."""
+        if self.native:
+            return native.attend(q, keys, values, start, self.scale)
         rows = [
             F.scaled_dot_product_attention(q[:, :, r : r + 1], keys[:, :, : start + r + 1], values[:, :, : start + r + 1],
                                            scale=self.scale, enable_gqa=True)

@@ -99,14 +99,29 @@ class BlockLinear(nn.Module):
     def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype, kind: str) -> None:
         super().__init__()
         self.in_features, self.out_features, self.kind = in_features, out_features, kind
-        self.mm = native.op(kind)  # resolved once: forward runs on every decode step
+        self.mm = native.op(kind)  # resolved once (use()): forward runs on every decode step
+        self.tiled = False
         per, size = self.KINDS[kind]
         self.register_buffer("blocks", torch.empty(out_features, in_features // per, size, dtype=torch.uint8),
                              persistent=False)
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype), requires_grad=False) if bias else None
 
     def set_weight(self, blocks: torch.Tensor) -> None:
-        self.blocks = _aligned(blocks.reshape(self.blocks.shape))  # [N, K / weights, bytes], whatever the file's shape
+        """blocks: [N, K / weights, bytes] (whatever the file's shape); tiled where native.tiles says."""
+        rows = blocks.reshape(self.blocks.shape)
+        self.use(native.tile(self.kind, rows) if native.tiles(self.kind, self.out_features) else _aligned(rows),
+                 tiled=native.tiles(self.kind, self.out_features))
+
+    def use(self, blocks: torch.Tensor, tiled: bool) -> None:
+        """Run these blocks: row blocks [N, K / weights, bytes], or tiles [N/16, K/256, 16·bytes]."""
+        self.blocks, self.tiled = blocks, tiled
+        self.mm = native.op(self.kind, tiled)
+
+    def rows(self, start: int, stop: int) -> torch.Tensor:
+        """The blocks of output rows start..stop (a view; multiples of 16 when tiled)."""
+        step = native.TILE if self.tiled else 1
+        assert start % step == 0 and stop % step == 0, (start, stop)
+        return self.blocks[start // step : stop // step]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.mm(x, self.blocks)

@@ -68,7 +68,8 @@ def _load() -> str | None:
 
 
 def isa(want: str = "") -> str:
-    """The instruction set the kernels run ("avx512" or "avx2"); `want` switches it (tests)."""
+    """The instruction set the kernels run ("avx512" or "avx2"); `want` switches it (tests).
+    Weights already tiled (tiles()) keep running the AVX512 tile kernels."""
     return torch.ops.gemma_lsp.isa(want)
 
 
@@ -122,10 +123,36 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def op(kind: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+def op(kind: str, tiled: bool = False) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """The op y = x · dequant(w)ᵀ for blocks of `kind` (q4k, q5k, q6k, q8_0, q5_0, q4_0, q4_1,
-    q5_1: BlockLinear.KINDS); the kernels must be loaded (available())."""
-    return getattr(torch.ops.gemma_lsp, f"{kind}_mm")
+    q5_1: BlockLinear.KINDS), or for `tile(kind, w)`'s tiles; the kernels must be loaded (available())."""
+    return getattr(torch.ops.gemma_lsp, f"{kind}_tiled_mm" if tiled else f"{kind}_mm")
+
+
+TILED = ("q4k", "q6k")  # kinds with tile kernels (kernels/tiles.h: AVX512-VNNI)
+TILE = 16  # output rows per tile
+
+
+def tiles(kind: str, rows: int) -> bool:
+    """Whether weights of `kind` with `rows` output rows run as tiles here: 16 columns share each
+    activation, a third of the row kernels' work per row of a verify. AVX512-VNNI only."""
+    return kind in TILED and rows % TILE == 0 and isa() == "avx512"
+
+
+def describe() -> str:
+    """What the block kernels run here, e.g. "avx512, q4k/q6k tiled": it keys the cached cost curve."""
+    return isa() + (f", {'/'.join(TILED)} tiled" if isa() == "avx512" else "")
+
+
+def tile(kind: str, w: torch.Tensor) -> torch.Tensor:
+    """Row blocks [N, K/256, bytes] -> tiles [N/16, K/256, 16·bytes] (the same bytes, rearranged)."""
+    return getattr(torch.ops.gemma_lsp, f"{kind}_tile")(w.contiguous())
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int, scale: float) -> torch.Tensor:
+    """Causal attention of q [1, H, m, D] over k, v [1, KV, ≥ start + m, D]: row r sees positions
+    0..start + r (kernels/attend.h)."""
+    return torch.ops.gemma_lsp.attend(q, k, v, start, scale)
 
 
 def mm(kind: str, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,8 @@
 
 #include "avx2.h"
 #include "avx512.h"
+#include "tiles.h"
+#include "attend.h"
 
 namespace gl {
 namespace {
@@ -35,6 +37,9 @@ GEMMA_LSP_KIND(q5_0, b32_rows, Q5_0)
 GEMMA_LSP_KIND(q4_0, b32_rows, Q4_0)
 GEMMA_LSP_KIND(q4_1, b32_rows, Q4_1)
 GEMMA_LSP_KIND(q5_1, b32_rows, Q5_1)
+
+GEMMA_LSP_TABLES(q4k_tiles, q4k_tiles_512)
+GEMMA_LSP_TABLES(q6k_tiles, q6k_tiles_512)
 
 struct Kernels {  // one block format on one instruction set
   const Kernel<float>* f32;
@@ -98,6 +103,99 @@ at::Tensor run(const at::Tensor& x_, const at::Tensor& w, const Format& f) {
   return out.to(x_.scalar_type()).reshape(sizes);
 }
 
+// Tiled weights (tiles.h): [N/16, nb, 16·block_bytes], AVX512-VNNI only; out [.., N].
+struct TiledFormat {
+  const char* name;
+  int block_bytes;
+  const Kernel<float>* f32;
+  const Kernel<bf16>* b16;
+  void (*tile)(const uint8_t*, uint8_t*, int64_t, int64_t);
+};
+const TiledFormat Q4KT{"q4k_tiled_mm", Q4K_BYTES, q4k_tiles_float, q4k_tiles_bf16, tile_q4k};
+const TiledFormat Q6KT{"q6k_tiled_mm", Q6K_BYTES, q6k_tiles_float, q6k_tiles_bf16, tile_q6k};
+
+template <typename T>
+at::Tensor run_tiled_typed(const at::Tensor& x, const at::Tensor& w, const Kernel<T>* table) {
+  const int64_t K = x.size(-1), N = w.size(0) * TN, nb = w.size(1), M = x.numel() / K;
+  const Rows rows = quantize(x.data_ptr<T>(), M, K, NATURAL);
+  at::Tensor out = at::empty({M, N}, x.options());
+  T* o = out.data_ptr<T>();
+  const uint8_t* W = w.data_ptr<uint8_t>();
+  for (int64_t m0 = 0; m0 < M; m0 += MAX_ROWS) {
+    const Kernel<T> k = table[std::min<int64_t>(MAX_ROWS, M - m0) - 1];
+    at::parallel_for(0, N / TN, 1, [&](int64_t t0, int64_t t1) { k(W, t0, t1, nb, rows, m0, o + m0 * N, N); });
+  }
+  return out;
+}
+
+at::Tensor run_tiled(const at::Tensor& x_, const at::Tensor& w, const TiledFormat& f) {
+  TORCH_CHECK(has_avx512(), f.name, ": needs AVX512-VNNI");
+  TORCH_CHECK(w.dim() == 3 && w.size(2) == TN * f.block_bytes && w.scalar_type() == at::kByte && w.is_contiguous(),
+              f.name, ": weights must be contiguous uint8 tiles [N/16, K/256, ", TN * f.block_bytes, "]");
+  const int64_t K = x_.size(-1), nb = w.size(1);
+  TORCH_CHECK(K == nb * QK, f.name, ": input has ", K, " features, the weights ", nb * QK);
+  const bool is_bf16 = x_.scalar_type() == at::kBFloat16;
+  const at::Tensor x = (is_bf16 ? x_ : x_.to(at::kFloat)).reshape({-1, K}).contiguous();
+  at::Tensor out = is_bf16 ? run_tiled_typed<bf16>(x, w, f.b16) : run_tiled_typed<float>(x, w, f.f32);
+  auto sizes = x_.sizes().vec();
+  sizes.back() = w.size(0) * TN;
+  return out.to(x_.scalar_type()).reshape(sizes);
+}
+
+// row blocks [N, K/256, bytes] -> tiles [N/16, K/256, 16·bytes]: the same bytes, rearranged
+at::Tensor tile(const at::Tensor& w, const TiledFormat& f) {
+  TORCH_CHECK(w.dim() == 3 && w.size(2) == f.block_bytes && w.scalar_type() == at::kByte && w.is_contiguous(),
+              f.name, ": blocks must be contiguous uint8 [N, K/256, ", f.block_bytes, "]");
+  TORCH_CHECK(w.size(0) % TN == 0, f.name, ": ", w.size(0), " output rows are not a multiple of ", TN);
+  at::Tensor out = at::empty({w.size(0) / TN, w.size(1), TN * f.block_bytes}, w.options());
+  f.tile(w.data_ptr<uint8_t>(), out.data_ptr<uint8_t>(), w.size(0), w.size(1));
+  return out;
+}
+
+at::Tensor q4k_tile(const at::Tensor& w) { return tile(w, Q4KT); }
+at::Tensor q6k_tile(const at::Tensor& w) { return tile(w, Q6KT); }
+at::Tensor q4k_tiled_mm(const at::Tensor& x, const at::Tensor& w) { return run_tiled(x, w, Q4KT); }
+at::Tensor q6k_tiled_mm(const at::Tensor& x, const at::Tensor& w) { return run_tiled(x, w, Q6KT); }
+
+template <typename T>
+void attend_typed(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, int64_t start, float scale,
+                  at::Tensor& out) {
+  const int64_t H = q.size(1), m = q.size(2), D = q.size(3), group = H / k.size(1);
+  const float* qp = q.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const T *kp = k.data_ptr<T>(), *vp = v.data_ptr<T>();
+  const Strided ks{k.stride(1), k.stride(2)}, vs{v.stride(1), v.stride(2)};
+  at::parallel_for(0, H * m, 1, [&](int64_t i0, int64_t i1) {
+    std::vector<float> s;
+    for (int64_t i = i0; i < i1; ++i) {  // i = h·m + r
+      const int64_t h = i / m, r = i % m, kv = h / group;
+      attend_one<T>(qp + i * D, kp + kv * ks.head, vp + kv * vs.head, ks, vs, start + r + 1, D, scale, op + i * D, s);
+    }
+  });
+}
+
+// q [1, H, m, D], k and v [1, KV, ≥ start + m, D] (last stride 1): row r attends positions 0..start + r
+at::Tensor attend(const at::Tensor& q_, const at::Tensor& k, const at::Tensor& v, int64_t start, double scale) {
+  TORCH_CHECK(q_.dim() == 4 && k.dim() == 4 && v.dim() == 4 && q_.size(0) == 1 && k.size(0) == 1 && v.size(0) == 1,
+              "attend: q, k, v must be [1, heads, positions, head_dim]");
+  TORCH_CHECK(k.sizes() == v.sizes() && k.scalar_type() == v.scalar_type() && q_.size(3) == k.size(3),
+              "attend: k and v must match, and head_dim q's");
+  TORCH_CHECK(k.size(1) > 0 && q_.size(1) % k.size(1) == 0, "attend: query heads must be a multiple of KV heads");
+  TORCH_CHECK(k.stride(3) == 1 && v.stride(3) == 1, "attend: k and v need head_dim contiguous");
+  TORCH_CHECK(q_.size(3) <= MAX_HEAD_DIM, "attend: head_dim over ", MAX_HEAD_DIM);
+  TORCH_CHECK(start >= 0 && k.size(2) >= start + q_.size(2), "attend: ", k.size(2), " cached positions, need ",
+              start + q_.size(2));
+  const at::Tensor q = q_.to(at::kFloat).contiguous();
+  at::Tensor out = at::empty(q.sizes(), q.options());
+  if (k.scalar_type() == at::kBFloat16)
+    attend_typed<bf16>(q, k, v, start, (float)scale, out);
+  else {
+    TORCH_CHECK(k.scalar_type() == at::kFloat, "attend: k and v must be bfloat16 or float32");
+    attend_typed<float>(q, k, v, start, (float)scale, out);
+  }
+  return out.to(q_.scalar_type());
+}
+
 at::Tensor q4k_mm(const at::Tensor& x, const at::Tensor& w) { return run(x, w, Q4K); }
 at::Tensor q5k_mm(const at::Tensor& x, const at::Tensor& w) { return run(x, w, Q5K); }
 at::Tensor q6k_mm(const at::Tensor& x, const at::Tensor& w) { return run(x, w, Q6K); }
@@ -127,5 +225,10 @@ TORCH_LIBRARY(gemma_lsp, m) {
   m.def("q4_0_mm(Tensor x, Tensor w) -> Tensor", &gl::q4_0_mm);
   m.def("q4_1_mm(Tensor x, Tensor w) -> Tensor", &gl::q4_1_mm);
   m.def("q5_1_mm(Tensor x, Tensor w) -> Tensor", &gl::q5_1_mm);
+  m.def("q4k_tile(Tensor w) -> Tensor", &gl::q4k_tile);
+  m.def("q6k_tile(Tensor w) -> Tensor", &gl::q6k_tile);
+  m.def("q4k_tiled_mm(Tensor x, Tensor w) -> Tensor", &gl::q4k_tiled_mm);
+  m.def("q6k_tiled_mm(Tensor x, Tensor w) -> Tensor", &gl::q6k_tiled_mm);
+  m.def("attend(Tensor q, Tensor k, Tensor v, int start, float scale) -> Tensor", &gl::attend);
   m.def("isa(str want) -> str", &gl::isa);
 }
