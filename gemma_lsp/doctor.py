@@ -66,7 +66,8 @@ def doctor(settings=None) -> int:
                          "gemma-lsp prepare"))
     why_not = native.prerequisites()
     state = "not used" if why_not else "built" if native.built() else "not built yet"
-    sets = "AVX512-VNNI" if "avx512_vnni" in native.cpu_flags() else "AVX2"
+    sets = ("AVX512-VNNI; Q4_K/Q6_K in tiles of 16 columns, few-row attention" if "avx512_vnni" in native.cpu_flags()
+            else "AVX2; few-row attention")
     print(f"CPU kernels   {state}{f': {why_not}' if why_not else f' ({sets})'} "
           f"({BLOCK_TYPES} decode; else torch's int4/int8 kernels, slower)")
     if not why_not and not native.built():

@@ -61,7 +61,7 @@ class CostCurve:
         return best
 
 
-def measure(model: torch.nn.Module, rows: Sequence[int] = ROWS, reps: int = 1) -> CostCurve:
+def measure(model: torch.nn.Module, rows: Sequence[int] = ROWS, reps: int = 3) -> CostCurve:
     """Time forwards of `rows` tokens after a CONTEXT-token prefix; pick the hybrid switch point."""
     from transformers import DynamicCache
 

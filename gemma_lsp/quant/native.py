@@ -5,7 +5,9 @@ C++ compiler and ninja. The build (~20 s) runs at `gemma-lsp prepare` or at the 
 into the cache directory, keyed by the sources and the torch version. Anything missing means
 the GGUF path runs torch's int4/int8 kernels instead, which compute the same model less
 quickly: `status()` says which and why. `GEMMA_LSP_NATIVE=0` turns them off,
-`GEMMA_LSP_NATIVE=avx2` keeps to the AVX2 kernels.
+`GEMMA_LSP_NATIVE=avx2` keeps to the AVX2 kernels. With AVX512-VNNI, Q4_K and Q6_K weights
+run as tiles of 16 output columns (tiles(), kernels/tiles.h), and the lean forward's attention
+runs attend() (kernels/attend.h).
 """
 
 from __future__ import annotations

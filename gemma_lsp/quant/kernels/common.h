@@ -1,7 +1,8 @@
 // GGUF quantized blocks times int8-quantized activations, for the few-row forwards of decode
 // and verify on x86 CPUs (AVX512-VNNI, or AVX2). Built at run time by native.py (torch's JIT
 // extension loader), registered as torch ops gemma_lsp::q4k_mm, q5k_mm, q6k_mm, q8_0_mm,
-// q5_0_mm, q4_0_mm, q4_1_mm and q5_1_mm (ops.cpp).
+// q5_0_mm, q4_0_mm, q4_1_mm and q5_1_mm (ops.cpp); tiles.h regroups Q4_K and Q6_K in tiles of
+// 16 output columns (q4k_tiled_mm, q6k_tiled_mm), attend.h is the few-row attention (attend).
 //
 // Why: a one-token step is bound by the bytes of weights it reads. torch's int4 kernel
 // needs a bf16 scale and zero per 32 weights (5 bits per weight) and its int8 kernel 8;
