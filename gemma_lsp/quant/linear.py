@@ -109,8 +109,8 @@ class BlockLinear(nn.Module):
     def set_weight(self, blocks: torch.Tensor) -> None:
         """blocks: [N, K / weights, bytes] (whatever the file's shape); tiled where native.tiles says."""
         rows = blocks.reshape(self.blocks.shape)
-        self.use(native.tile(self.kind, rows) if native.tiles(self.kind, self.out_features) else _aligned(rows),
-                 tiled=native.tiles(self.kind, self.out_features))
+        tiled = native.tiles(self.kind, self.out_features)
+        self.use(native.tile(self.kind, rows) if tiled else _aligned(rows), tiled)
 
     def use(self, blocks: torch.Tensor, tiled: bool) -> None:
         """Run these blocks: row blocks [N, K / weights, bytes], or tiles [N/16, K/256, 16·bytes]."""

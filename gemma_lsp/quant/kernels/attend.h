@@ -13,12 +13,9 @@
 // sums over j in order. Each (row, head) is computed by one thread from its own inputs: a
 // k-row verify yields bit for bit what k one-row steps yield.
 #pragma once
-#include <immintrin.h>
-
-#include <cmath>
-#include <cstdint>
-#include <cstring>
 #include <vector>
+
+#include "common.h"
 
 namespace gl {
 
@@ -30,13 +27,6 @@ inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 inline __m256 load8(const c10::BFloat16* p) {  // bf16 is the high half of a float32
   const __m128i h = _mm_loadu_si128((const __m128i*)p);
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-
-inline float hsum8(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
 }
 
 constexpr int64_t MAX_HEAD_DIM = 512;
@@ -56,7 +46,7 @@ void attend_one(const float* q, const T* k, const T* v, Strided ks, Strided vs, 
     const T* kj = k + j * ks.pos;
     __m256 acc = _mm256_setzero_ps();
     for (int64_t d = 0; d < D8; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), load8(kj + d), acc);
-    float dot = hsum8(acc);
+    float dot = hsum256(acc);
     for (int64_t d = D8; d < D; ++d) dot += q[d] * to_float(kj[d]);
     s[j] = dot * scale;
     top = std::max(top, s[j]);

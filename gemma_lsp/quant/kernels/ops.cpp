@@ -74,18 +74,34 @@ bool has_avx512() {
 
 bool use_512 = has_avx512();  // one choice per process: every forward runs the same kernels
 
+// Quantize x's rows, then run `table`'s kernel on each pass of up to MAX_ROWS rows over `units`
+// units of output (columns, or tiles of TN columns), split between threads in chunks of `grain`.
 template <typename T>
-at::Tensor run_typed(const at::Tensor& x, const at::Tensor& w, const Kernel<T>* table, const int* order) {
-  const int64_t K = x.size(-1), N = w.size(0), nb = w.size(1), M = x.numel() / K;
+at::Tensor run_typed(const at::Tensor& x, const at::Tensor& w, int64_t N, const Kernel<T>* table, const int* order,
+                     int64_t units, int64_t grain) {
+  const int64_t K = x.size(-1), nb = w.size(1), M = x.numel() / K;
   const Rows rows = quantize(x.data_ptr<T>(), M, K, order);
   at::Tensor out = at::empty({M, N}, x.options());
   T* o = out.data_ptr<T>();
   const uint8_t* W = w.data_ptr<uint8_t>();
   for (int64_t m0 = 0; m0 < M; m0 += MAX_ROWS) {  // each row's result is independent of the passes
     const Kernel<T> k = table[std::min<int64_t>(MAX_ROWS, M - m0) - 1];
-    at::parallel_for(0, N, 16, [&](int64_t n0, int64_t n1) { k(W, n0, n1, nb, rows, m0, o + m0 * N, N); });
+    at::parallel_for(0, units, grain, [&](int64_t u0, int64_t u1) { k(W, u0, u1, nb, rows, m0, o + m0 * N, N); });
   }
   return out;
+}
+
+// x [..., K] -> [..., N]: bf16 in and out as they are; any other dtype through float32
+at::Tensor run_any(const at::Tensor& x_, const at::Tensor& w, int64_t N, const Kernel<float>* f32,
+                   const Kernel<bf16>* b16, const int* order, int64_t units, int64_t grain) {
+  const int64_t K = x_.size(-1);
+  const bool is_bf16 = x_.scalar_type() == at::kBFloat16;
+  const at::Tensor x = (is_bf16 ? x_ : x_.to(at::kFloat)).reshape({-1, K}).contiguous();
+  at::Tensor out = is_bf16 ? run_typed<bf16>(x, w, N, b16, order, units, grain)
+                           : run_typed<float>(x, w, N, f32, order, units, grain);
+  auto sizes = x_.sizes().vec();
+  sizes.back() = N;
+  return out.to(x_.scalar_type()).reshape(sizes);
 }
 
 at::Tensor run(const at::Tensor& x_, const at::Tensor& w, const Format& f) {
@@ -94,13 +110,7 @@ at::Tensor run(const at::Tensor& x_, const at::Tensor& w, const Format& f) {
   const int64_t K = x_.size(-1), N = w.size(0), nb = w.size(1);
   TORCH_CHECK(K == nb * f.block_weights, f.name, ": input has ", K, " features, the weights ", nb * f.block_weights);
   const Kernels& k = use_512 ? f.wide : f.narrow;
-  // bf16 in and out as they are; any other dtype through float32
-  const bool is_bf16 = x_.scalar_type() == at::kBFloat16;
-  const at::Tensor x = (is_bf16 ? x_ : x_.to(at::kFloat)).reshape({-1, K}).contiguous();
-  at::Tensor out = is_bf16 ? run_typed<bf16>(x, w, k.b16, k.order) : run_typed<float>(x, w, k.f32, k.order);
-  auto sizes = x_.sizes().vec();
-  sizes.back() = N;
-  return out.to(x_.scalar_type()).reshape(sizes);
+  return run_any(x_, w, N, k.f32, k.b16, k.order, N, 16);
 }
 
 // Tiled weights (tiles.h): [N/16, nb, 16·block_bytes], AVX512-VNNI only; out [.., N].
@@ -114,32 +124,13 @@ struct TiledFormat {
 const TiledFormat Q4KT{"q4k_tiled_mm", Q4K_BYTES, q4k_tiles_float, q4k_tiles_bf16, tile_q4k};
 const TiledFormat Q6KT{"q6k_tiled_mm", Q6K_BYTES, q6k_tiles_float, q6k_tiles_bf16, tile_q6k};
 
-template <typename T>
-at::Tensor run_tiled_typed(const at::Tensor& x, const at::Tensor& w, const Kernel<T>* table) {
-  const int64_t K = x.size(-1), N = w.size(0) * TN, nb = w.size(1), M = x.numel() / K;
-  const Rows rows = quantize(x.data_ptr<T>(), M, K, NATURAL);
-  at::Tensor out = at::empty({M, N}, x.options());
-  T* o = out.data_ptr<T>();
-  const uint8_t* W = w.data_ptr<uint8_t>();
-  for (int64_t m0 = 0; m0 < M; m0 += MAX_ROWS) {
-    const Kernel<T> k = table[std::min<int64_t>(MAX_ROWS, M - m0) - 1];
-    at::parallel_for(0, N / TN, 1, [&](int64_t t0, int64_t t1) { k(W, t0, t1, nb, rows, m0, o + m0 * N, N); });
-  }
-  return out;
-}
-
 at::Tensor run_tiled(const at::Tensor& x_, const at::Tensor& w, const TiledFormat& f) {
   TORCH_CHECK(has_avx512(), f.name, ": needs AVX512-VNNI");
   TORCH_CHECK(w.dim() == 3 && w.size(2) == TN * f.block_bytes && w.scalar_type() == at::kByte && w.is_contiguous(),
               f.name, ": weights must be contiguous uint8 tiles [N/16, K/256, ", TN * f.block_bytes, "]");
   const int64_t K = x_.size(-1), nb = w.size(1);
   TORCH_CHECK(K == nb * QK, f.name, ": input has ", K, " features, the weights ", nb * QK);
-  const bool is_bf16 = x_.scalar_type() == at::kBFloat16;
-  const at::Tensor x = (is_bf16 ? x_ : x_.to(at::kFloat)).reshape({-1, K}).contiguous();
-  at::Tensor out = is_bf16 ? run_tiled_typed<bf16>(x, w, f.b16) : run_tiled_typed<float>(x, w, f.f32);
-  auto sizes = x_.sizes().vec();
-  sizes.back() = w.size(0) * TN;
-  return out.to(x_.scalar_type()).reshape(sizes);
+  return run_any(x_, w, w.size(0) * TN, f.f32, f.b16, NATURAL, w.size(0), 1);
 }
 
 // row blocks [N, K/256, bytes] -> tiles [N/16, K/256, 16·bytes]: the same bytes, rearranged

@@ -50,41 +50,39 @@ inline int q6k_at(const uint8_t* blk, int k) {
   return ((part < 2 ? lo & 0x0F : lo >> 4) | (((hi >> (2 * part)) & 3) << 4));
 }
 
-// [N, nb, 148] row blocks -> [N/16, nb, 2368] tiles
-inline void tile_q4k(const uint8_t* src, uint8_t* dst, int64_t N, int64_t nb) {
-  std::memset(dst, 0, N * nb * Q4K_BYTES);
+// [N, nb, BYTES] row blocks -> [N/16, nb, 16·BYTES] tiles: place(s, t, i) writes row block s
+// into its tile t as column i (dst zeroed first: places OR their bits in)
+template <int BYTES, typename Place>
+inline void tile_blocks(const uint8_t* src, uint8_t* dst, int64_t N, int64_t nb, Place place) {
+  std::memset(dst, 0, N * nb * BYTES);
   for (int64_t n = 0; n < N; ++n)
-    for (int64_t b = 0; b < nb; ++b) {
-      const uint8_t* s = src + (n * nb + b) * Q4K_BYTES;
-      uint8_t* t = dst + ((n / TN) * nb + b) * Q4K_TILE;
-      const int i = (int)(n % TN);
-      std::memcpy(t + 2 * i, s, 2);            // d
-      std::memcpy(t + 32 + 2 * i, s + 2, 2);   // dmin
-      for (int g = 0; g < 8; ++g) t[64 + TN * g + i] = s[4 + g], t[192 + TN * g + i] = s[12 + g];
-      for (int k = 0; k < QK; ++k) {
-        const int g = k / 32, c = (k % 32) / 8, j = k % 4, high = (k % 8) / 4;
-        t[320 + 256 * g + 64 * c + 4 * i + j] |= (uint8_t)(q4k_at(s, k) << (4 * high));
-      }
-    }
+    for (int64_t b = 0; b < nb; ++b)
+      place(src + (n * nb + b) * BYTES, dst + ((n / TN) * nb + b) * TN * BYTES, (int)(n % TN));
 }
 
-// [N, nb, 210] row blocks -> [N/16, nb, 3360] tiles
-inline void tile_q6k(const uint8_t* src, uint8_t* dst, int64_t N, int64_t nb) {
-  std::memset(dst, 0, N * nb * Q6K_BYTES);
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t b = 0; b < nb; ++b) {
-      const uint8_t* s = src + (n * nb + b) * Q6K_BYTES;
-      uint8_t* t = dst + ((n / TN) * nb + b) * Q6K_TILE;
-      const int i = (int)(n % TN);
-      std::memcpy(t + 2 * i, s + 208, 2);  // d
-      for (int j = 0; j < 16; ++j) t[32 + TN * j + i] = s[192 + j];
-      for (int k = 0; k < QK; ++k) {
-        const int q = q6k_at(s, k), sub = k / 16, quad = (k % 16) / 4, j = k % 4;
-        uint8_t* p = t + 288 + 192 * sub;
-        p[64 * (quad / 2) + 4 * i + j] |= (uint8_t)((q & 0x0F) << (4 * (quad % 2)));
-        p[128 + 4 * i + j] |= (uint8_t)((q >> 4) << (2 * quad));
-      }
+inline void tile_q4k(const uint8_t* src, uint8_t* dst, int64_t N, int64_t nb) {
+  tile_blocks<Q4K_BYTES>(src, dst, N, nb, [](const uint8_t* s, uint8_t* t, int i) {
+    std::memcpy(t + 2 * i, s, 2);           // d
+    std::memcpy(t + 32 + 2 * i, s + 2, 2);  // dmin
+    for (int g = 0; g < 8; ++g) t[64 + TN * g + i] = s[4 + g], t[192 + TN * g + i] = s[12 + g];
+    for (int k = 0; k < QK; ++k) {
+      const int g = k / 32, c = (k % 32) / 8, j = k % 4, high = (k % 8) / 4;
+      t[320 + 256 * g + 64 * c + 4 * i + j] |= (uint8_t)(q4k_at(s, k) << (4 * high));
     }
+  });
+}
+
+inline void tile_q6k(const uint8_t* src, uint8_t* dst, int64_t N, int64_t nb) {
+  tile_blocks<Q6K_BYTES>(src, dst, N, nb, [](const uint8_t* s, uint8_t* t, int i) {
+    std::memcpy(t + 2 * i, s + 208, 2);  // d
+    for (int j = 0; j < 16; ++j) t[32 + TN * j + i] = s[192 + j];
+    for (int k = 0; k < QK; ++k) {
+      const int q = q6k_at(s, k), sub = k / 16, quad = (k % 16) / 4, j = k % 4;
+      uint8_t* p = t + 288 + 192 * sub;
+      p[64 * (quad / 2) + 4 * i + j] |= (uint8_t)((q & 0x0F) << (4 * (quad % 2)));
+      p[128 + 4 * i + j] |= (uint8_t)((q >> 4) << (2 * quad));
+    }
+  });
 }
 
 GL_TILES inline __m512 scales16(const uint8_t* sc, __m512 d, bool is_signed) {  // 16 scale bytes × d, as floats
