@@ -86,6 +86,7 @@ class Completer:
         self.prompter = Prompter(tokenizer, layout=layout, heal=heal)
         self._newlines: frozenset[int] | None = None
         self._shown: dict[str, _Shown] = {}
+        self._head: tuple[str, ...] = ()  # the extras of the last prompt built (select_extras' head)
 
     @property
     def engine(self):
@@ -203,7 +204,10 @@ class Completer:
     def _prompt(self, snap: Snapshot, settings: Settings):
         """The prompt at the cursor, with the prefix and suffix windows it was built from."""
         prefix, suffix = windows(snap.text, snap.offset, self.prompter.count, settings.prefix_tokens, settings.suffix_tokens)
-        extras = snap.extras or select_extras(snap.chunks, self.prompter.count, settings.extra_tokens, snap.text)
+        extras = snap.extras
+        if not extras:  # engine thread only: warm-ups and requests share one head, in order
+            extras = select_extras(snap.chunks, self.prompter.count, settings.extra_tokens, snap.text, self._head)
+            self._head = tuple(text for _, text in extras)
         return self.prompter.build(prefix, suffix, extras, snap.path), prefix, suffix
 
     def _block_end(self, healed: str, line_prefix: str, suffix: str):

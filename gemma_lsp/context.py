@@ -11,7 +11,7 @@ import bisect
 import fnmatch
 import os
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from .text import line_starts
@@ -128,24 +128,46 @@ class ContextRing:
 
 
 def select_extras(chunks: list[Chunk], count: Callable[[str], int], budget: int,
-                  current: str = "") -> list[tuple[str, str]]:
-    """Newest chunks that fit the token budget, returned oldest first, as (file name, text).
+                  current: str = "", head: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """The other files' chunks for the prompt, within the token budget, as (file name, text).
+
+    The extras open the prompt, so every token after the first chunk that changes is a
+    prefix-cache miss: a pick that slid by one file each time the user switched files (the
+    newest that fit, oldest first) re-ran the whole prompt pass on every first request in a
+    file. So `head` (the texts of the previous pick, in order) stays in place for as long as
+    its chunks are still offered unchanged; the newest chunk (the file the user just left,
+    the most relevant) is always in, taking the place of the head's last chunks when the
+    budget demands; what is left of the budget goes to the newest of the rest. With no head:
+    the newest chunks that fit, oldest first. The pick is a fixed point: given its own
+    result as head and the same chunks, it returns the same pick (a warm-up and the request
+    after it build the same prompt).
 
     A chunk already in the current document (a copy of this file open elsewhere, a diff
     view) or already picked is left out: it tells the model nothing new, and repeated
     text pulls it into copying (measured: a copy of the file as context turned
     `fib(n-1) + fib(n-2)` into an empty answer)."""
-    picked: list[tuple[str, str]] = []
+    offered: dict[str, tuple[Chunk, int]] = {}  # text -> (chunk, tokens), newest first
     seen: set[str] = set()
-    used = 0
     for c in reversed(chunks):
         body = c.text.strip()
         if not body or body in seen or body in current:
             continue
         seen.add(body)
-        n = count(c.text) + 8
-        if used + n > budget:
+        offered[c.text] = (c, count(c.text) + 8)
+    kept: list[str] = []
+    for text in head:  # the previous pick's longest run that is still offered unchanged
+        if text not in offered or text in kept:
+            break
+        kept.append(text)
+    newest = next(iter(offered), None)
+    need = offered[newest][1] if newest is not None and newest not in kept and offered[newest][1] <= budget else 0
+    while kept and sum(offered[t][1] for t in kept) + need > budget:
+        kept.pop()
+    used = sum(offered[t][1] for t in kept)
+    added: list[str] = []
+    for text, (_, n) in offered.items():  # newest first
+        if text in kept or used + n > budget:
             continue
         used += n
-        picked.append((os.path.basename(c.path), c.text))  # no home directories in prompts
-    return picked[::-1]
+        added.append(text)
+    return [(os.path.basename(offered[t][0].path), t) for t in kept + added[::-1]]  # no home directories in prompts

@@ -319,3 +319,68 @@ def test_extras_skip_copies_of_the_current_file_and_of_each_other():
     picked = select_extras(chunks, len, 10_000, current=doc)
     assert picked == [("util.py", "X = 1\n"), ("other.py", "Y = 2\n")]
     assert len(select_extras(chunks, len, 10_000)) == 3  # without the document, only the repeat goes
+
+
+def _chunks(*names: str) -> list:
+    from gemma_lsp.context import Chunk
+
+    return [Chunk(f"/p/{n}.py", "python", f"{n} = 1\n" * 3) for n in names]  # 18 chars + 8 each
+
+
+def test_extras_keep_the_previous_pick_first_and_always_take_the_newest():
+    from gemma_lsp.context import select_extras
+
+    budget = 3 * 26  # three chunks fit
+    first = select_extras(_chunks("a", "b", "c"), len, budget)
+    assert [p for p, _ in first] == ["a.py", "b.py", "c.py"]
+    head = [t for _, t in first]
+    # d arrives: a sliding pick would be b, c, d (every token after the first chunk a miss);
+    # the head's first chunks stay in place and d takes the last place
+    second = select_extras(_chunks("a", "b", "c", "d"), len, budget, head=head)
+    assert [p for p, _ in second] == ["a.py", "b.py", "d.py"]
+    # a fixed point: its own result as head gives the same pick (warm-up == request)
+    assert select_extras(_chunks("a", "b", "c", "d"), len, budget, head=[t for _, t in second]) == second
+    # a head chunk that changed (the user came back and left again) ends the kept run there
+    chunks = _chunks("a", "c", "d", "b")
+    chunks[-1].text = "b = 2\n" * 3
+    third = select_extras(chunks, len, budget, head=[t for _, t in second])
+    assert [p for p, _ in third] == ["a.py", "d.py", "b.py"]  # a kept; then the newest of the rest
+    # a head chunk gone from the ring: nothing after it can be kept
+    assert [p for p, _ in select_extras(_chunks("b", "c", "d"), len, budget, head=head)] == ["b.py", "c.py", "d.py"]
+
+
+def test_extras_head_gives_way_when_the_newest_needs_all_the_budget():
+    from gemma_lsp.context import Chunk, select_extras
+
+    head = [t for _, t in select_extras(_chunks("a", "b"), len, 60)]
+    big = Chunk("/p/big.py", "python", "x" * 50)
+    assert [p for p, _ in select_extras(_chunks("a", "b") + [big], len, 60, head=head)] == ["big.py"]
+    huge = Chunk("/p/huge.py", "python", "x" * 500)  # over the budget alone: the head stays
+    assert [p for p, _ in select_extras(_chunks("a", "b") + [huge], len, 60, head=head)] == ["a.py", "b.py"]
+
+
+def test_first_requests_in_new_files_reuse_the_other_files_kv(tiny_qwen_dir):
+    """Real tiny engine, real tokenizer and prefix cache: a user opening file after file
+    (each one's first request cold) keeps the extras' KV; before the sticky head, each new
+    file slid the pick by one file and only the first token or so was reused."""
+    from gemma_lsp.completer import Completer, Snapshot
+    from gemma_lsp.config import Settings
+    from gemma_lsp.context import ContextRing
+
+    settings = Settings().merged({"model": str(tiny_qwen_dir), "dtype": "float32", "maxTokens": 2,
+                                  "extraTokens": 400})
+    completer = Completer.from_settings(settings)
+    ring = ContextRing()
+    files = [f"file:///p/m{i}.py" for i in range(6)]
+    texts = ["".join(f"def m{i}_{j}(x):\n    return x * {j} + {i}\n\n" for j in range(5)) for i in range(6)]
+    reused = []
+    for i, (uri, text) in enumerate(zip(files, texts)):
+        snap = Snapshot(uri, text + "def main():\n    ", len(text) + 16, "python", f"/p/m{i}.py",
+                        chunks=ring.chunks(uri))
+        c = completer.complete(snap, settings)
+        reused.append(c.stats.reused_tokens)
+        ring.offer(uri, f"/p/m{i}.py", "python", text)  # the user leaves the file
+    per_chunk = completer.prompter.count(texts[0]) + 2
+    from gemma_lsp.context import select_extras
+    assert len(select_extras(ring.chunks(""), completer.prompter.count, 400)) >= 3  # several files fit
+    assert all(r >= per_chunk for r in reused[3:]), (reused, per_chunk)
