@@ -3,8 +3,8 @@
     GEMMA_LSP_FAULTS="forward:raise@3,postprocess:raise@1,forward:hang=2.5@7,drafter:raise@2"
 
 Each item arms one site (`forward`: a model forward pass on the engine thread, `drafter`:
-a draft proposal, `postprocess`: cleaning a completion's text) to raise `InjectedFault` or to
-sleep for the given seconds at its N-th call, counted per site from the start of the
+a draft proposal, `postprocess`: cleaning a completion's text, `load`: loading the model)
+to raise `InjectedFault` or to sleep for the given seconds at its N-th call, counted per site from the start of the
 process. Without the variable every `hit()` is a single check of a module flag: nothing is
 armed, nothing is counted. A server with faults armed says so at start-up, loudly.
 """
@@ -17,7 +17,7 @@ import threading
 import time
 
 log = logging.getLogger("gemma_lsp.faults")
-SITES = ("forward", "drafter", "postprocess")
+SITES = ("forward", "drafter", "postprocess", "load")
 
 
 class InjectedFault(RuntimeError):

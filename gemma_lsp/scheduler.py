@@ -29,7 +29,12 @@ class Superseded(Exception):
 class Overdue(Exception):
     """The request was not done within its limit (a forward pass stuck, a machine overloaded).
 
-    Its stop event is set, so the engine drops it at the next forward it finishes."""
+    Its stop event is set, so the engine drops it at the next forward it finishes. `loading`:
+    a model load ahead of it had not ended."""
+
+    def __init__(self, loading: bool = False) -> None:
+        super().__init__()
+        self.loading = loading
 
 
 class Scheduler:
@@ -38,11 +43,16 @@ class Scheduler:
         self._latest: dict[str, threading.Event] = {}
         self._all: set[threading.Event] = set()
         self._background: threading.Event | None = None  # the pending or running low-priority job
+        self._loads: set[asyncio.Future] = set()  # model loads queued or running (submit)
 
-    async def run(self, key: str, fn: Callable[[threading.Event], T], limit_s: float | None = None) -> T:
+    async def run(self, key: str, fn: Callable[[threading.Event], T], limit_s: float | None = None,
+                  load_limit_s: float | None = None) -> T:
         """Run fn(stop_event) on the engine thread; supersede the previous request for `key`.
-        Past `limit_s` (counted from now, queueing included) raise Overdue instead of waiting:
-        the client gets its answer even when the engine thread cannot give one."""
+        Past `limit_s` (counted from now, queueing included, but not a model load ahead of it,
+        which `load_limit_s` bounds) raise Overdue instead of waiting: the client gets its
+        answer even when the engine thread cannot give one. A first request queued behind a
+        15 s model load is not late: counting the load answered it with an error on a slow or
+        busy machine. A request queued behind a stuck forward still is."""
         self.preempt()
         stop = threading.Event()
         old = self._latest.get(key)
@@ -50,23 +60,25 @@ class Scheduler:
             old.set()
         self._latest[key] = stop
         self._all.add(stop)
-        loop = asyncio.get_running_loop()
+        loads = list(self._loads)
 
         def guarded(ev: threading.Event) -> T:
             if ev.is_set():  # superseded or cancelled while queued: skip the work
                 raise Superseded()
             return fn(ev)
 
-        job = loop.run_in_executor(self.executor, guarded, stop)
+        job = asyncio.get_running_loop().run_in_executor(self.executor, guarded, stop)
         try:
             if limit_s is None:
                 return await job
             try:
+                if loads:  # the job waits behind them in the queue
+                    await asyncio.wait_for(asyncio.shield(asyncio.wait(loads)), load_limit_s)
                 return await asyncio.wait_for(asyncio.shield(job), limit_s)
             except asyncio.TimeoutError:
                 stop.set()
                 job.add_done_callback(lambda f: f.cancelled() or f.exception())  # its outcome is nobody's now
-                raise Overdue() from None
+                raise Overdue(loading=not all(f.done() for f in loads)) from None
         except asyncio.CancelledError:
             stop.set()  # $/cancelRequest: the engine stops within one forward
             raise
@@ -113,8 +125,12 @@ class Scheduler:
         return bool(self._latest)
 
     def submit(self, fn: Callable[[], T]) -> "asyncio.Future[T]":
-        """Background engine work (model loading) in queue order with requests."""
-        return asyncio.get_running_loop().run_in_executor(self.executor, fn)
+        """A model load on the engine thread, in queue order with requests (which do not
+        count the time they wait for it against their limit)."""
+        job = asyncio.get_running_loop().run_in_executor(self.executor, fn)
+        self._loads.add(job)
+        job.add_done_callback(self._loads.discard)
+        return job
 
     def shutdown(self) -> None:
         for ev in list(self._all):

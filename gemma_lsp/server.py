@@ -21,7 +21,7 @@ from pygls.io_ import StdoutWriter, run_async
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 
-from . import __version__
+from . import __version__, faults
 from .completer import Completer, Completion, Snapshot
 from .config import Settings
 from .context import ContextRing
@@ -69,6 +69,9 @@ class GemmaProtocol(LanguageServerProtocol):
 # an overloaded machine): a cold 1,500-token prompt on a busy 2-core CPU takes ~25 s, the
 # editors' own limits are 10 s (eglot, lsp-mode; gemma-lsp.el raises them to 30 s) or none.
 REQUEST_LIMIT_S = float(os.environ.get("GEMMA_LSP_REQUEST_LIMIT_S", "28"))
+# ... not counting a model load queued ahead of it, which is bounded apart: ~15 s here at
+# start-up, minutes the first time (when `prepare` assembles and converts the model).
+LOAD_LIMIT_S = float(os.environ.get("GEMMA_LSP_LOAD_LIMIT_S", "300"))
 
 # A pause this long after the last change warms the KV cache at the cursor (one job at a
 # time, preempted by any request): typing never waits for it, a pause pays for it.
@@ -176,6 +179,7 @@ class GemmaServer(LanguageServer):
         if self.completer is None or key != self._engine_key:
             self.completer = None
             log.info("loading model %s", self.settings.model or "(default)")
+            faults.hit("load")
             self.completer = Completer.from_settings(self.settings)
             self._engine_key = key
             log.info("model ready: %s (backend %s)", self.completer.name, self.completer.backend.name)
@@ -266,9 +270,14 @@ class GemmaServer(LanguageServer):
             return self.ensure_completer().complete(snap, settings, stop, instant=False)
 
         try:
-            c = await self.scheduler.run(uri, work, REQUEST_LIMIT_S)
-        except Overdue:
+            c = await self.scheduler.run(uri, work, REQUEST_LIMIT_S, LOAD_LIMIT_S)
+        except Overdue as e:
             self.stats.errors += 1
+            if e.loading:
+                log.error("the model was still loading after %.0f s: a completion for %s answered with an error",
+                          LOAD_LIMIT_S, uri)
+                raise GemmaLspError(f"the model is still loading after {LOAD_LIMIT_S:.0f} s; this request is "
+                                    "dropped, the next one may work (see the server log)") from None
             log.error("a completion for %s was not done within %.0f s: answered with an error", uri, REQUEST_LIMIT_S)
             raise GemmaLspError(f"the engine did not finish within {REQUEST_LIMIT_S:.0f} s (a forward pass is stuck "
                                 "or the machine is overloaded); this request is dropped, the next one may work") from None

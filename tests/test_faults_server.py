@@ -79,3 +79,13 @@ def test_faults_are_off_without_the_variable():
     faults.hit("forward")
     with pytest.raises(ValueError, match="cannot read"):
         faults._parse("forward:explode@1")
+
+
+def test_the_first_request_waits_for_a_slow_model_load(tiny_qwen_dir):
+    """A model load longer than the request limit (a first start, a busy machine): the
+    request sent during it is answered once the model is ready, not failed at the limit."""
+    with _session(tiny_qwen_dir, "load:hang=5@1", limit_s="3", lazy=False) as w:
+        first = _ask(w, timeout=60)
+        assert "result" in first, first
+        assert _stats(w)["errors"] == 0
+        assert w.close() == 0

@@ -215,3 +215,33 @@ def test_warm_up_never_evicts():
     assert len(pc) == 2 and pc.take(list(range(10)))[1] == 10
     pc.resize(one + 1)  # cacheMb lowered at run time: the oldest go first
     assert len(pc) == 1
+
+
+def test_a_request_queued_behind_the_model_load_is_not_late():
+    """The limit counts from the end of a model load ahead of the request, which has its own
+    bound; a request queued behind a stuck request still is late."""
+    import time
+
+    import pytest
+
+    from gemma_lsp.scheduler import Overdue, Scheduler
+
+    async def main():
+        sched = Scheduler()
+        sched.submit(lambda: time.sleep(0.6))  # "the model load"
+        answered = await sched.run("file:///a", lambda stop: "answered", limit_s=0.3, load_limit_s=5)
+        sched.submit(lambda: time.sleep(0.6))
+        with pytest.raises(Overdue) as e:
+            await sched.run("file:///a", lambda stop: "late", limit_s=0.3, load_limit_s=0.2)
+        assert e.value.loading
+        time.sleep(0.5)
+        stuck = asyncio.ensure_future(sched.run("file:///b", lambda stop: time.sleep(0.6), limit_s=5))
+        await asyncio.sleep(0.05)
+        with pytest.raises(Overdue) as e:  # behind a request, not a load: its limit holds
+            await sched.run("file:///a", lambda stop: "late", limit_s=0.3, load_limit_s=5)
+        assert not e.value.loading
+        await stuck
+        sched.shutdown()
+        return answered
+
+    assert asyncio.run(main()) == "answered"
