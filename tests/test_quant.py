@@ -160,12 +160,15 @@ def test_best_draft_length_follows_the_cost_curve():
 
 
 def test_draft_length_skips_unprofitable_drafters_but_probes_them():
-    dl = DraftLength(cost=CostCurve({1: 100.0, 2: 200.0, 17: 1700.0}), probe_every=4)
+    assert DraftLength(cost=CostCurve({1: 100.0, 2: 200.0, 17: 1700.0})).probe_interval() == 50  # 100 % / 2 %
+    dl = DraftLength(cost=CostCurve({1: 100.0, 2: 200.0, 17: 1700.0}), probe_every=4, probe_loss=0.25)
     key = ("python", "ngram")
     assert dl.get(key) == 0  # not measured yet: the prior (0.5) does not pay on this curve either
-    dl.update(key, 1, 0)
+    dl.update(key, 1, 0)  # a failed probe: the next one waits twice as long (8 steps)
     got = [dl.get(key) for _ in range(8)]
-    assert got == [0, 0, 1, 0, 0, 0, 1, 0]
+    assert got == [0, 0, 0, 0, 0, 0, 1, 0]
+    dl.update(key, 1, 1)  # a probe that was right: back to every 4th step
+    assert [dl.get(key) for _ in range(4)] == [0, 0, 1, 0]
 
 
 def test_a_drafter_not_yet_measured_starts_at_what_the_prior_pays():

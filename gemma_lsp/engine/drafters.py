@@ -8,6 +8,8 @@ the token the target chose last (not yet fed to the model).
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -281,10 +283,13 @@ class DraftLength:
 
     With a measured cost curve (costs.py), k is further capped at the length that
     maximizes expected tokens per millisecond; when no draft pays (best length 0), the
-    drafter is skipped and only probed with one token every `probe_every` steps, so its
-    acceptance can recover. A failed probe costs cost(2)/cost(1) - 1 (3-13 % in the
-    curves measured here), so the probes cost at most ~3 % against plain decoding. A
-    drafter not measured yet is assumed to be right half the time (`prior`): its first
+    drafter is skipped and only probed with one token now and then, so its acceptance can
+    recover. A failed probe costs cost(2)/cost(1) − 1 of a step (13 % on the Intel machine's
+    curve, 19–39 % on the AMD EPYC's), so a probe every n skipped steps costs that / n of
+    plain decoding's time: n (`probe_interval`) keeps it within `probe_loss`, and n doubles
+    after each failed probe in a row (up to 16×), so where a drafter never pays its probes
+    cost next to nothing. A fixed n = 4 lost 10 % on the steep AMD curve, where no draft ever
+    pays. A drafter not measured yet is assumed to be right half the time (`prior`): its first
     proposal is as long as that pays, not k_init.
     """
 
@@ -295,9 +300,11 @@ class DraftLength:
     k: dict[tuple[str, str], int] = field(default_factory=dict)
     acceptance: dict[tuple[str, str], float] = field(default_factory=dict)
     cost: CostCurve | None = None
-    probe_every: int = 4  # measured on free generation: 8 → 4 saved 2–7 % of the forwards
+    probe_every: int = 4  # the shortest interval (measured on free generation: 8 → 4 saved 2–7 % of the forwards)
+    probe_loss: float = 0.02  # the most a skipped drafter's failed probes may cost, against plain decoding
     prior: float = 0.5  # acceptance assumed for a drafter not yet measured (with a cost curve)
     skipped: dict[tuple[str, str], int] = field(default_factory=dict)
+    failed_probes: dict[tuple[str, str], int] = field(default_factory=dict)  # in a row, while skipped
 
     def base(self, key: tuple[str, str]) -> int:
         """The length earned from acceptance so far, before the cost cap."""
@@ -317,12 +324,23 @@ class DraftLength:
         if best > 0:
             return best
         self.skipped[key] = self.skipped.get(key, 0) + 1
-        return 1 if self.skipped[key] % self.probe_every == 0 else 0
+        if self.skipped[key] < self.probe_interval() << min(self.failed_probes.get(key, 0), 4):
+            return 0
+        self.skipped[key] = 0
+        return 1
+
+    def probe_interval(self) -> int:
+        """Skipped steps per one-token probe: (cost(2)/cost(1) − 1) / n ≤ probe_loss."""
+        if self.cost is None:
+            return self.probe_every
+        return max(self.probe_every, math.ceil((self.cost(2) / self.cost(1) - 1) / self.probe_loss - 1e-9))
 
     def update(self, key: tuple[str, str], proposed: int, accepted: int) -> None:
         if proposed <= 0:
             return
         k = self.capped(key)
+        if k <= 0:  # a probe: back off while they fail
+            self.failed_probes[key] = self.failed_probes.get(key, 0) + 1 if accepted == 0 else 0
         self.k[key] = min(self.k_max, k + 2) if accepted == proposed else max(self.k_min, min(k - 1, accepted + 1))
         rate = accepted / proposed
         self.acceptance[key] = self.decay * self.acceptance.get(key, rate) + (1 - self.decay) * rate
