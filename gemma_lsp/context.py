@@ -17,10 +17,6 @@ from dataclasses import dataclass
 from .text import line_starts
 
 STEP = 16  # lines; window edges only move in these jumps
-# The extras kept from the previous prompt may pass their token budget by this factor before
-# they give way to the newest chunk (select_extras). Measured on 30 held-out first requests
-# (bench typing --first-contact): 1.0 kept only when two chunks fitted, reuse 27 % cold.
-HEAD_SLACK = 1.5
 
 SECRET_NAMES = (
     ".env", ".env.*", "*.env", ".envrc", "*.pem", "*.key", "*.p12", "*.pfx", "*.jks", "*.keystore", "id_rsa*", "id_dsa*",
@@ -141,9 +137,7 @@ def select_extras(chunks: list[Chunk], count: Callable[[str], int], budget: int,
     file. So `head` (the texts of the previous pick, in order) stays in place for as long as
     its chunks are still offered unchanged; the newest chunk (the file the user just left,
     the most relevant) is always in, taking the place of the head's last chunks when the
-    head and it would pass HEAD_SLACK × the budget (kept chunks cost no prompt pass, so a
-    little over the budget is cheaper than a miss); what is left of the budget goes to the
-    newest of the rest. With no head:
+    budget demands; what is left of the budget goes to the newest of the rest. With no head:
     the newest chunks that fit, oldest first. The pick is a fixed point: given its own
     result as head and the same chunks, it returns the same pick (a warm-up and the request
     after it build the same prompt).
@@ -167,15 +161,13 @@ def select_extras(chunks: list[Chunk], count: Callable[[str], int], budget: int,
         kept.append(text)
     newest = next(iter(offered), None)
     need = offered[newest][1] if newest is not None and newest not in kept and offered[newest][1] <= budget else 0
-    while kept and sum(offered[t][1] for t in kept) + need > HEAD_SLACK * budget:
+    while kept and sum(offered[t][1] for t in kept) + need > budget:
         kept.pop()
-    picked = kept + [newest] if need else kept
-    used = sum(offered[t][1] for t in picked)
+    used = sum(offered[t][1] for t in kept)
     added: list[str] = []
     for text, (_, n) in offered.items():  # newest first
-        if text in picked or used + n > budget:
+        if text in kept or used + n > budget:
             continue
         used += n
         added.append(text)
-    order = kept + added[::-1] + [newest] if need else kept + added[::-1]  # the newest last: nearest the cursor
-    return [(os.path.basename(offered[t][0].path), t) for t in order]  # no home directories in prompts
+    return [(os.path.basename(offered[t][0].path), t) for t in kept + added[::-1]]  # no home directories in prompts

@@ -328,39 +328,33 @@ def _chunks(*names: str) -> list:
 
 
 def test_extras_keep_the_previous_pick_first_and_always_take_the_newest():
-    from gemma_lsp.context import HEAD_SLACK, select_extras
+    from gemma_lsp.context import select_extras
 
-    budget = 3 * 26  # three chunks fit; kept ones may reach 1.5 × that: four
-    assert HEAD_SLACK == 1.5
+    budget = 3 * 26  # three chunks fit
     first = select_extras(_chunks("a", "b", "c"), len, budget)
     assert [p for p, _ in first] == ["a.py", "b.py", "c.py"]
+    head = [t for _, t in first]
     # d arrives: a sliding pick would be b, c, d (every token after the first chunk a miss);
-    # the kept chunks stay in place (a little over the budget) and d comes last
-    second = select_extras(_chunks("a", "b", "c", "d"), len, budget, head=[t for _, t in first])
-    assert [p for p, _ in second] == ["a.py", "b.py", "c.py", "d.py"]
-    # e arrives: five would pass 1.5 × the budget, so the head's last chunk gives way
-    third = select_extras(_chunks("a", "b", "c", "d", "e"), len, budget, head=[t for _, t in second])
-    assert [p for p, _ in third] == ["a.py", "b.py", "c.py", "e.py"]
+    # the head's first chunks stay in place and d takes the last place
+    second = select_extras(_chunks("a", "b", "c", "d"), len, budget, head=head)
+    assert [p for p, _ in second] == ["a.py", "b.py", "d.py"]
     # a fixed point: its own result as head gives the same pick (warm-up == request)
-    assert select_extras(_chunks("a", "b", "c", "d", "e"), len, budget, head=[t for _, t in third]) == third
+    assert select_extras(_chunks("a", "b", "c", "d"), len, budget, head=[t for _, t in second]) == second
     # a head chunk that changed (the user came back and left again) ends the kept run there
-    chunks = _chunks("a", "c", "e", "b")
+    chunks = _chunks("a", "c", "d", "b")
     chunks[-1].text = "b = 2\n" * 3
-    fourth = select_extras(chunks, len, budget, head=[t for _, t in third])
-    assert [p for p, _ in fourth] == ["a.py", "e.py", "b.py"]  # a kept; the newest of the rest; b last
+    third = select_extras(chunks, len, budget, head=[t for _, t in second])
+    assert [p for p, _ in third] == ["a.py", "d.py", "b.py"]  # a kept; then the newest of the rest
     # a head chunk gone from the ring: nothing after it can be kept
-    assert [p for p, _ in select_extras(_chunks("b", "c", "d"), len, budget, head=[t for _, t in first])] == \
-        ["b.py", "c.py", "d.py"]
+    assert [p for p, _ in select_extras(_chunks("b", "c", "d"), len, budget, head=head)] == ["b.py", "c.py", "d.py"]
 
 
-def test_extras_head_gives_way_when_the_newest_needs_the_room():
+def test_extras_head_gives_way_when_the_newest_needs_all_the_budget():
     from gemma_lsp.context import Chunk, select_extras
 
     head = [t for _, t in select_extras(_chunks("a", "b"), len, 60)]
-    big = Chunk("/p/big.py", "python", "x" * 50)  # 58 tokens: a and it fit 1.5 × 60, b goes
-    assert [p for p, _ in select_extras(_chunks("a", "b") + [big], len, 60, head=head)] == ["a.py", "big.py"]
-    old, new = Chunk("/p/old.py", "python", "o" * 62), Chunk("/p/new.py", "python", "n" * 82)  # 70 and 90 of 100
-    assert [p for p, _ in select_extras([old, new], len, 100, head=[old.text])] == ["new.py"]  # 160 > 1.5 × 100
+    big = Chunk("/p/big.py", "python", "x" * 50)
+    assert [p for p, _ in select_extras(_chunks("a", "b") + [big], len, 60, head=head)] == ["big.py"]
     huge = Chunk("/p/huge.py", "python", "x" * 500)  # over the budget alone: the head stays
     assert [p for p, _ in select_extras(_chunks("a", "b") + [huge], len, 60, head=head)] == ["a.py", "b.py"]
 
