@@ -159,6 +159,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_engine(args: argparse.Namespace) -> int:
+    from . import threads
     from .backends import inprocess
     from .backends.daemon import Daemon
     from .backends.local import hold_lock, socket_path
@@ -173,6 +174,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     built = inprocess.from_settings(settings)
     daemon = Daemon(built.engine, built.target.tokenizer, built.target.name, path, idle_s=args.idle_exit)
+    threads.register()  # shares the cores with any other engine process of this user
     daemon.bind()
     logging.getLogger("gemma_lsp.engine").info("engine ready on %s (pid %d, model %s, %s; %.1f s)", path, os.getpid(),
                                                built.target.name, built.target.weights, time.perf_counter() - t0)

@@ -33,6 +33,12 @@ def doctor(settings=None) -> int:
         dev = f"cuda ({torch.cuda.get_device_name(0)})" if cuda else "cpu"
         print(f"device        {dev}; torch build {'CUDA ' + str(torch.version.cuda) if torch.version.cuda else 'CPU-only'}")
         print(f"threads       {torch.get_num_threads()}  cpu capability {torch.backends.cpu.get_cpu_capability()}")
+        from . import threads
+
+        if (n := threads.engines()) > 0:
+            share = threads.share_for(n + 1)
+            print(f"engines       {n} gemma-lsp engine process{'es' if n > 1 else ''} of this user run here: "
+                  f"one more would use {share} of {threads.CORES} cores (\"backend\": \"local\" shares one engine)")
         auto = "bfloat16" if cuda else f"gguf for GGUF models ({BLOCK_TYPES} decode, bf16 prompt pass), else bf16"
         print(f"dtype         auto = {auto}; speculative output is bit-exact on the GGUF path of "
               "Qwen2/Llama models and in float32")

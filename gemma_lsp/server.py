@@ -21,7 +21,7 @@ from pygls.io_ import StdoutWriter, run_async
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 
-from . import __version__, faults
+from . import __version__, faults, threads
 from .completer import Completer, Completion, Snapshot
 from .config import Settings
 from .context import ContextRing
@@ -107,6 +107,7 @@ class GemmaServer(LanguageServer):
         self._warm_timer: asyncio.TimerHandle | None = None
         self._warmed: tuple | None = None  # what the last warm-up prefilled
         self._down: str | None = None  # the backend's error while it is not answering
+        self.count_engine = False  # `serve` sets it: its engine counts among this machine's (threads.py)
 
     def report_server_error(self, error: Exception, source) -> None:
         log.error("internal error: %s", error)  # never a window/showMessage popup
@@ -182,6 +183,8 @@ class GemmaServer(LanguageServer):
             faults.hit("load")
             self.completer = Completer.from_settings(self.settings)
             self._engine_key = key
+            if self.completer.engine is not None and self.count_engine:  # `serve`: share the cores
+                threads.register()
             log.info("model ready: %s (backend %s)", self.completer.name, self.completer.backend.name)
         self.completer.apply(self.settings)
         return self.completer
@@ -217,6 +220,7 @@ class GemmaServer(LanguageServer):
             if self.completer is None or settings.engine_key() != self._engine_key:
                 return None  # never load a model for a warm-up; the preload or a request does
             self.completer.apply(settings)
+            threads.share()
             return self.completer.warm(snap, settings, stop)
 
         async def run() -> None:
@@ -267,7 +271,9 @@ class GemmaServer(LanguageServer):
                 return fast, snap
 
         def work(stop: threading.Event) -> Completion:
-            return self.ensure_completer().complete(snap, settings, stop, instant=False)
+            completer = self.ensure_completer()
+            threads.share()
+            return completer.complete(snap, settings, stop, instant=False)
 
         try:
             c = await self.scheduler.run(uri, work, REQUEST_LIMIT_S, LOAD_LIMIT_S)
@@ -524,6 +530,7 @@ def serve(settings_overrides: Settings | dict[str, Any] | None = None, tcp_port:
     faults.announce()
     overrides = settings_overrides if isinstance(settings_overrides, dict) else {}
     ls = create_server(overrides)
+    ls.count_engine = True  # an editor's server: its engine shares the cores with the others here
     if tcp_port is not None:
         ls.start_tcp("127.0.0.1", tcp_port)  # loopback only, by contract
     else:

@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from .. import threads
 from ..engine import Engine, GenerateRequest, Stats
 from ..names import DRAFTERS
 
@@ -169,6 +170,7 @@ class Daemon:
             with self.engine_lock:
                 if req.stop_event is not None and req.stop_event.is_set():
                     return None  # its client left (or a request preempted it) while it waited
+                threads.share()  # this engine's share of the cores, if other engines run here
                 if warm:
                     return self.engine.warm(req.prompt, req.stop_event)
                 self.requests += 1
