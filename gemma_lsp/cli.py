@@ -172,6 +172,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
         print(f"gemma-lsp engine: another engine already serves {path}", file=sys.stderr)
         return 0
     t0 = time.perf_counter()
+    threads.watch()
     built = inprocess.from_settings(settings)
     daemon = Daemon(built.engine, built.target.tokenizer, built.target.name, path, idle_s=args.idle_exit)
     threads.register()  # shares the cores with any other engine process of this user

@@ -6,6 +6,7 @@ import importlib.metadata as md
 import platform
 import shutil
 import sys
+import time
 
 BLOCK_TYPES = "Q4_K/Q5_K/Q6_K/Q8_0/Q5_0/Q4_0/Q4_1/Q5_1"  # what quant/kernels/ runs
 
@@ -35,10 +36,13 @@ def doctor(settings=None) -> int:
         print(f"threads       {torch.get_num_threads()}  cpu capability {torch.backends.cpu.get_cpu_capability()}")
         from . import threads
 
-        if (n := threads.engines()) > 0:
-            share = threads.share_for(n + 1)
-            print(f"engines       {n} gemma-lsp engine process{'es' if n > 1 else ''} of this user run here: "
-                  f"one more would use {share} of {threads.CORES} cores (\"backend\": \"local\" shares one engine)")
+        load = threads.Load()
+        time.sleep(load.SAMPLE_S)
+        others = load.update() / (1 - load.decay)  # one sample: undo the smoothing
+        n = threads.engines()
+        print(f"cores busy    {others:.1f} of {threads.CORES} with other programs now: an engine would use "
+              f"{threads.share_for(others)} thread(s); {n} gemma-lsp engine(s) of this user run here"
+              + (" (\"backend\": \"local\" shares one engine among windows)" if n else ""))
         auto = "bfloat16" if cuda else f"gguf for GGUF models ({BLOCK_TYPES} decode, bf16 prompt pass), else bf16"
         print(f"dtype         auto = {auto}; speculative output is bit-exact on the GGUF path of "
               "Qwen2/Llama models and in float32")

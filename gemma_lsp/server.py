@@ -531,6 +531,7 @@ def serve(settings_overrides: Settings | dict[str, Any] | None = None, tcp_port:
     overrides = settings_overrides if isinstance(settings_overrides, dict) else {}
     ls = create_server(overrides)
     ls.count_engine = True  # an editor's server: its engine shares the cores with the others here
+    threads.watch()
     if tcp_port is not None:
         ls.start_tcp("127.0.0.1", tcp_port)  # loopback only, by contract
     else:
