@@ -4,9 +4,9 @@
 
 Each item arms one site (`forward`: a model forward pass on the engine thread, `drafter`:
 a draft proposal, `postprocess`: cleaning a completion's text, `load`: loading the model)
-to raise `InjectedFault` or to sleep for the given seconds at its N-th call, counted per site from the start of the
-process. Without the variable every `hit()` is a single check of a module flag: nothing is
-armed, nothing is counted. A server with faults armed says so at start-up, loudly.
+to raise `InjectedFault` or to sleep for the given seconds at its N-th call, counted per
+site from the start of the process. Without the variable every `hit()` is a single check
+of a module flag: nothing is armed, nothing is counted. A server with faults armed says so at start-up, loudly.
 """
 
 from __future__ import annotations
