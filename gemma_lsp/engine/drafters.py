@@ -27,13 +27,6 @@ class Draft:
     probs: torch.Tensor | None = None
 
 
-@dataclass
-class DrafterStats:
-    drafted: int = 0
-    accepted: int = 0
-    proposals: int = 0
-
-
 class Drafter(Protocol):
     name: str
 
@@ -203,7 +196,6 @@ class AssistantDrafter:
     """
 
     name = "gemma4-assistant"
-    needs_target_state = True
 
     def __init__(self, assistant: torch.nn.Module, embed: torch.nn.Module) -> None:
         self.assistant = assistant
