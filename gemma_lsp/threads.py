@@ -37,7 +37,7 @@ from .paths import cache_dir
 log = logging.getLogger("gemma_lsp.threads")
 
 CORES = torch.get_num_threads()  # torch's default at import: the physical cores this process may use
-CHECK_S = 1.0  # how often at most `share` looks at the other engines
+CHECK_S = 1.0  # how often at most `share` changes the thread count (a request start reads the load)
 
 _held: IO[str] | None = None  # our lock file, open (and locked) for the process's life
 _dir: Path | None = None
