@@ -38,7 +38,7 @@ def doctor(settings=None) -> int:
 
         load = threads.Load()
         time.sleep(load.SAMPLE_S)
-        others = load.update() / (1 - load.decay)  # one sample: undo the smoothing
+        others = load.since_start()
         n = threads.engines()
         print(f"cores busy    {others:.1f} of {threads.CORES} with other programs now: an engine would use "
               f"{threads.share_for(others)} thread(s); {n} gemma-lsp engine(s) of this user run here"

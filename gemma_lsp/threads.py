@@ -81,6 +81,10 @@ class Load:
         self._prev = now
         return self.others
 
+    def since_start(self) -> float:
+        """Cores other processes kept busy since this Load was made (one unsmoothed sample)."""
+        return self.update() / (1 - self.decay)
+
     def start(self) -> None:
         if self._thread is None and self._prev is not None:
             self._thread = threading.Thread(target=self._run, name="gemma-load", daemon=True)

@@ -85,7 +85,7 @@ def test_our_own_work_is_not_counted_as_other_programs():
     end = time.monotonic() + 1.5
     while time.monotonic() < end:  # this process busy, as an engine's forward would be
         pass
-    others = load.update() / (1 - load.decay)  # one sample over the 1.5 s
+    others = load.since_start()  # one sample over the 1.5 s
     assert others < 0.5, others
 
 
