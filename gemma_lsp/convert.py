@@ -8,7 +8,6 @@ a full disk or Ctrl-C never leaves a directory that looks prepared.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -17,7 +16,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from .errors import ModelError, first_line
+from .errors import ModelError, first_line, write_failed
+from .paths import os_error_in
 
 MARKER = "gemma_lsp.json"  # written last inside a prepared directory
 CHUNK = 8 << 20
@@ -42,7 +42,7 @@ def assemble(parts: Iterable[Path], out: Path, total: int, expected_sha256: str,
                         bar.update(len(block))
     except OSError as e:
         out.unlink(missing_ok=True)
-        raise _os_error(e, out) from e
+        raise write_failed(e, out) from e
     got = digest.hexdigest()
     if got != expected_sha256:
         out.unlink(missing_ok=True)
@@ -77,9 +77,10 @@ def convert_gguf(gguf: Path, dest: Path, source: dict[str, object]) -> Path:
             shutil.rmtree(dest)
         os.replace(tmp, dest)
         return dest
-    except OSError as e:
-        raise _os_error(e, dest) from e
-    except Exception as e:  # transformers' GGUF reader on a truncated or corrupt file
+    except Exception as e:
+        if (os_error := os_error_in(e, dest)) is not None:  # writing the copy failed (a full disk)
+            raise write_failed(os_error, dest) from e
+        # else transformers' GGUF reader on a truncated or corrupt file
         raise ModelError(f"{gguf} is not a readable GGUF file ({first_line(e)}); it may be truncated "
                          "or corrupt: download or copy it again") from e
     finally:
@@ -105,12 +106,3 @@ def make_missing(gguf: Path, dest: Path, source: dict[str, object], need: tuple[
     if need_quant:
         build(gguf, dest)
     return dest
-
-
-def _os_error(e: OSError, where: Path) -> ModelError:
-    if e.errno == errno.ENOSPC:
-        return ModelError(
-            f"Disk full while writing {where}. Free a few GB (the bf16 cache needs ~3.5 GB) "
-            "or point GEMMA_LSP_CACHE at a larger disk, then rerun `gemma-lsp prepare`."
-        )
-    return ModelError(f"Could not write {where}: {e.strerror or e}")

@@ -7,6 +7,7 @@ GEMMA_LSP_CACHE so tests and CI can use a scratch location.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Callable
 
@@ -32,10 +33,29 @@ def replace_atomically(path: Path, write: Callable[[Path], None], suffix: str = 
     os.close(fd)
     tmp = Path(name)
     try:
-        write(tmp)
+        try:
+            write(tmp)
+        except Exception as e:
+            found = os_error_in(e, path)
+            if found is None or found is e:
+                raise
+            raise found from e
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def os_error_in(e: BaseException, where: Path) -> OSError | None:
+    """The OS error behind a library's own exception, so that callers need one `except
+    OSError`: safetensors' Rust writer reports a full disk (found by a real one, see
+    tests/full_disk.py) as `SafetensorError: ... No space left on device (os error 28)`."""
+    if isinstance(e, OSError):
+        return e
+    m = _OS_ERROR.search(str(e))
+    return OSError(int(m[1]), os.strerror(int(m[1])), str(where)) if m else None
 
 
 def write_atomic(path: Path, text: str) -> None:

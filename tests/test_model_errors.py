@@ -88,6 +88,27 @@ def test_disk_full_is_a_clear_error_and_cleans_up(monkeypatch, tmp_path):
     assert leftovers(tmp_path / "cache") == []
 
 
+def test_safetensors_disk_full_is_an_os_error_and_leaves_nothing(tmp_path):
+    """safetensors' Rust writer raises its own SafetensorError on ENOSPC (a real full disk
+    showed it, tests/full_disk.py); replace_atomically hands on the OS error inside it, so the
+    weights file and the bf16 copy say "Disk full" instead of a traceback or "not a GGUF"."""
+    from safetensors import SafetensorError
+
+    from gemma_lsp.errors import write_failed
+    from gemma_lsp.paths import replace_atomically
+
+    def write(tmp):
+        tmp.write_bytes(b"half")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    dest = tmp_path / "gguf-weights.safetensors"
+    with pytest.raises(OSError) as got:
+        replace_atomically(dest, write)
+    assert got.value.errno == errno.ENOSPC
+    assert "Disk full" in str(write_failed(got.value, dest))
+    assert list(tmp_path.iterdir()) == []  # neither the file nor its temporary
+
+
 def test_broken_gguf_leaves_no_prepared_directory(tmp_path):
     bogus = tmp_path / "bogus.gguf"
     bogus.write_bytes(b"GGUF but not really")

@@ -172,3 +172,26 @@ def test_prepare_killed_at_random_moments_recovers(tmp_path):
     out = _run(["complete", f"{f}:4:12", "--max-tokens", "8"], cache)
     assert out.returncode == 0 and out.stdout.strip(), out.stderr[-2000:]
     print("kills (stretch, seconds into it, what was whole):", kills)
+
+
+@pytest.mark.slow
+def test_prepare_on_a_really_full_disk(tmp_path):
+    """`prepare` on a tmpfs that fills while the GGUF is assembled, while the bf16 copy is
+    written, and while the GGUF weights are written; then with room again (tests/full_disk.py,
+    in a private mount namespace). A real ENOSPC from the kernel, not an injected one: the
+    first run of this found safetensors' disk-full error reported as "not a readable GGUF"
+    and, for the weights file, as a traceback."""
+    need_default_model()
+    import shutil
+
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        pytest.skip("needs root and unshare(1) for a private mount namespace with a small tmpfs")
+    out = tmp_path / "full_disk.json"
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable,
+                        str(Path(__file__).parent / "full_disk.py"), "--json", str(out)],
+                       capture_output=True, text=True, timeout=1800)
+    assert out.exists(), r.stdout[-2000:] + r.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["problems"] == [], result
+    assert [s["whole"]["bf16"] for s in result["stages"]] == [False, False, True]  # kept when the weights failed
+    assert not result["final"]["converted_again"] and result["completion"].strip()

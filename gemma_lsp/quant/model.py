@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..errors import ModelError
+from ..errors import ModelError, write_failed
 from ..paths import replace_atomically
 from . import blocks, lean, native
 from .linear import BlockLinear, HybridLinear, Int4Linear, Int8Linear, nibbles, unnibble
@@ -111,8 +111,8 @@ def build(gguf: Path, model_dir: Path) -> Path:
     meta = {"format": FORMAT, "source": gguf.name, "kinds": json.dumps(kinds)}
     try:
         replace_atomically(dest, lambda tmp: save_file(out, str(tmp), metadata=meta))
-    except OSError as e:
-        raise ModelError(f"could not write {dest}: {e}") from e
+    except OSError as e:  # replace_atomically turns safetensors' own disk-full error into one
+        raise write_failed(e, dest) from e
     return dest
 
 
