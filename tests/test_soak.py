@@ -20,3 +20,41 @@ def test_the_soak_client_counts_positions_its_own_way():
     assert utf16_position(text, 5) == {"line": 1, "character": 0}  # after CRLF
     assert utf16_position(text, 7) == {"line": 2, "character": 0}  # after a lone CR
     assert utf16_position(text, len(text)) == {"line": 3, "character": 1}
+
+
+def test_notifications_leave_no_handler_futures_behind(monkeypatch):
+    """pygls 2.1.1 kept the future of every didOpen/didChange/didClose in its request table
+    forever (the soak's RSS creep); GemmaProtocol takes finished ones out. Real messages
+    through the real protocol object, in-process so the table can be counted."""
+    import asyncio
+
+    from gemma_lsp.server import create_server
+
+    monkeypatch.setenv("GEMMA_LSP_LAZY_LOAD", "1")  # no model: only the protocol is under test
+
+    async def main() -> int:
+        ls = create_server()
+        proto = ls.protocol
+
+        def feed(method: str, params: dict, rid: int | None = None) -> None:
+            msg = {"jsonrpc": "2.0", "method": method, "params": params}
+            if rid is not None:
+                msg["id"] = rid
+            proto.handle_message(proto.structure_message(msg))
+
+        sent: list[bytes] = []
+        proto._send_data = lambda data: sent.append(data)  # no client here: keep what would go out
+        feed("initialize", {"processId": None, "rootUri": None, "capabilities": {}}, rid=1)
+        feed("initialized", {})
+        uri = "file:///t/a.py"
+        feed("textDocument/didOpen", {"textDocument": {"uri": uri, "languageId": "python", "version": 1,
+                                                       "text": ""}})
+        for v in range(2, 1002):
+            feed("textDocument/didChange", {"textDocument": {"uri": uri, "version": v}, "contentChanges": [
+                {"range": {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 0}}, "text": "x"}]})
+        feed("textDocument/didClose", {"textDocument": {"uri": uri}})
+        await asyncio.sleep(0.05)  # let done-callbacks scheduled on the loop run
+        assert ls.docs == {}  # the changes were applied and the close went through
+        return len(proto._request_futures)
+
+    assert asyncio.run(main()) == 0  # 1,003 before the fix
