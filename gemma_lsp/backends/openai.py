@@ -10,7 +10,8 @@ What crosses the wire and why:
              which is how every such server is told to stop decoding.
   healing    optimistic: the first tokens stream unconstrained; one that breaks the
              healing constraint is not emitted, and that position is asked again, one
-             token, with `logit_bias` +100 on the allowed ids. Under greedy that is the
+             token, with `logit_bias` +100 on the allowed ids; so is the position where the
+             server ends the stream before the healed text is spelled. Under greedy that is the
              masked argmax (the unconstrained argmax, when allowed, is also the masked
              one); under sampling, reject-then-resample is sampling from p restricted to
              the allowed set. So the rule is the in-process one, for any server.
@@ -177,6 +178,13 @@ class OpenAIBackend:
                     reason = "stop"
                 elif biased:
                     biased = False  # the healed position is done: stream the rest unconstrained
+                    continue
+                elif len(out) < req.max_tokens and req.constraint is not None and req.constraint(out) is not None:
+                    # The server stopped (a stop token it does not stream) before the healed
+                    # text was spelled; in-process the healing mask allows no stop there. Ask
+                    # the position again, biased: a cold llama.cpp wrote 23 of a line's 24
+                    # spaces and stopped, an empty answer where the engine writes the line.
+                    biased = True
                     continue
                 else:  # the server ended the stream itself: a stop token or its max_tokens
                     reason = "max_tokens" if len(out) >= req.max_tokens else "stop"
