@@ -35,7 +35,7 @@ def write_failed(e: OSError, where: Path) -> "ModelError":
     room `prepare` needs and where else it can go."""
     if e.errno == errno.ENOSPC:
         return ModelError(
-            f"Disk full while writing {where}. Free a few GB (`prepare` needs ~5.5 GB while it works, "
+            f"Disk full while writing {where}. Free a few GB (`prepare` needs ~5.7 GB while it works, "
             "~4.6 GB after) or point GEMMA_LSP_CACHE at a larger disk, then rerun `gemma-lsp prepare`."
         )
     return ModelError(f"Could not write {where}: {e.strerror or e}")

@@ -5,7 +5,7 @@
 In a private mount namespace (nothing outside sees it, and it goes away with the process)
 the cache lives on a tmpfs whose size is chosen so that the disk fills during one stage:
 
-- 512 MiB: while the default model's GGUF (~0.99 GB) is assembled from its parts;
+- 512 MiB: while the default model's GGUF (~1.12 GB) is assembled from its parts;
 - 2,500 MiB: while the bf16 copy (~3.55 GB) is written, the GGUF whole beside it;
 - 4,800 MiB: while the GGUF's own weights (~1.0 GB) are written, after the bf16 copy;
 
