@@ -65,14 +65,14 @@ class GemmaProtocol(LanguageServerProtocol):
             return
         super().handle_message(message)
 
-    def _execute_handler(self, msg_id, handler, args=None, kwargs=None, callback=None) -> None:
+    def _execute_handler(self, msg_id, handler, callback, args=None, kwargs=None) -> None:
         """pygls 2.1.1 files the future of every generator handler (all its built-in
         notifications: didOpen, didChange, didClose, ...) under a fresh uuid in
         `_request_futures`, and only a request's answer takes one out: a server kept ~1.5 KB
         per didChange forever (the soak's RSS creep, found with tracemalloc). Any finished
         future leaves the table; a request's answer still goes out first (its callback was
         added before this one), and a duplicate id keeps the newer future."""
-        super()._execute_handler(msg_id, handler, args, kwargs, callback)
+        super()._execute_handler(msg_id, handler, callback, args=args, kwargs=kwargs)
         future = self._request_futures.get(msg_id)
         if future is not None:
             future.add_done_callback(partial(self._forget_future, msg_id))

@@ -42,7 +42,7 @@ def test_notifications_leave_no_handler_futures_behind(monkeypatch):
                 msg["id"] = rid
             proto.handle_message(proto.structure_message(msg))
 
-        sent: list[bytes] = []
+        sent: list = []
         proto._send_data = lambda data: sent.append(data)  # no client here: keep what would go out
         feed("initialize", {"processId": None, "rootUri": None, "capabilities": {}}, rid=1)
         feed("initialized", {})
@@ -52,9 +52,12 @@ def test_notifications_leave_no_handler_futures_behind(monkeypatch):
         for v in range(2, 1002):
             feed("textDocument/didChange", {"textDocument": {"uri": uri, "version": v}, "contentChanges": [
                 {"range": {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 0}}, "text": "x"}]})
+        assert ls.docs[uri].text == "x" * 1000  # every change was applied
         feed("textDocument/didClose", {"textDocument": {"uri": uri}})
         await asyncio.sleep(0.05)  # let done-callbacks scheduled on the loop run
-        assert ls.docs == {}  # the changes were applied and the close went through
+        assert ls.docs == {}
+        answered = [m for m in sent if getattr(m, "id", None) == 1]
+        assert answered and getattr(answered[0], "error", None) is None, sent[:2]  # initialize was answered
         return len(proto._request_futures)
 
-    assert asyncio.run(main()) == 0  # 1,003 before the fix
+    assert asyncio.run(main()) == 0  # 1,004 before the fix
