@@ -83,3 +83,21 @@ def test_bench_typing_json(tiny_qwen_dir, tmp_path, capsys):
     for key in ("typed_through", "cancelled", "goals"):
         assert key in s, key
     assert d["stats_total"]["completions"] >= 6  # warm-up + open + 5 keystrokes
+
+
+def test_bench_first_contact_with_two_windows(tiny_qwen_dir, tmp_path, capsys):
+    """Cold, after a pause, and two servers (editor windows) taking the tasks in turn: each
+    task answered once, by the window whose turn it was (the tiny model's text is graded
+    like any, so pass@1 is only required to be a number)."""
+    out = tmp_path / "fc.json"
+    rc = main(["bench", "typing", "--first-contact", "3", "--windows", "2", "--model", str(tiny_qwen_dir),
+               "--dtype", "float32", "--max-tokens", "4", "--json", str(out)])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "2 windows in turn" in printed
+    d = json.loads(out.read_text())
+    for mode in ("cold", "pause", "windows"):
+        assert d[mode]["summary"]["tasks"] == 3 and d[mode]["summary"]["pass@1"] is not None
+    assert [r["window"] for r in d["windows"]["rows"]] == [0, 1, 0]
+    assert [r["task"] for r in d["windows"]["rows"]] == [r["task"] for r in d["cold"]["rows"]]
+    assert all(r["prompt_tokens"] > 0 for r in d["windows"]["rows"])  # each window's server ran its request

@@ -48,6 +48,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
                    help="instead of typing: open N held-out tasks' files and ask once in each, cold and after "
                         "a 1 s pause (bench/first_contact.py)")
     t.add_argument("--busy", type=int, default=0, metavar="K", help="with --first-contact: K busy loops run meanwhile")
+    t.add_argument("--windows", type=int, default=1, metavar="K",
+                   help="with --first-contact: also a cold run with K servers (editor windows) taking the tasks in turn")
     t.add_argument("--reference", action="store_true",
                    help="with --first-contact: also run `gemma-lsp complete`'s path on the same tasks")
     t.add_argument("--json", metavar="FILE")

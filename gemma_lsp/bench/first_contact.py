@@ -12,6 +12,9 @@ For each of N held-out single-line HumanEval tasks (the vs-llama-cpp sample, see
 Each answer is graded by running the task's tests, and classified as empty, a fragment (a
 proper prefix of the right line that fails, like `fib` for `fib(n - 1) + fib(n - 2)`), or
 whole. `--busy K` runs K busy loops on the machine during the run (a slow or busy CPU).
+`--windows K` adds a cold run with K servers (K editor windows, each its own `gemma-lsp
+serve`) taking the tasks in turn, one request at a time: with `--backend local` they share
+one engine, which should answer each as fast as the one window of the cold run.
 `--reference` also runs `gemma-lsp complete`'s path (in process, its 120 s budget) on the
 same tasks for the pass@1 to compare with. Figures only: nothing here asserts speed.
 """
@@ -44,16 +47,21 @@ def classify(answer: str, middle: str, passed: bool) -> str:
     return "whole"
 
 
-async def _ask_all(args: argparse.Namespace, tasks: list, mode: str) -> list[dict[str, Any]]:
-    """One server process; every task opened as a new document and asked once."""
+async def _ask_all(args: argparse.Namespace, tasks: list, mode: str, windows: int = 1) -> list[dict[str, Any]]:
+    """`windows` server processes (one by default) taking the tasks in turn; every task
+    opened as a new document and asked once, never two requests at a time."""
+    import contextlib
+
     from lsprotocol import types as lsp
 
     from ..text import position_at
     from .lsp_client import lsp_session
 
     rows: list[dict[str, Any]] = []
-    async with lsp_session(args) as s:
+    async with contextlib.AsyncExitStack() as stack:
+        sessions = [await stack.enter_async_context(lsp_session(args)) for _ in range(windows)]
         for i, task in enumerate(tasks):
+            s = sessions[i % windows]
             uri = f"file:///bench/{mode}/{task.task_id.replace('/', '_')}.py"
             text = task.prefix + task.suffix
             cursor = len(task.prefix)
@@ -75,7 +83,7 @@ async def _ask_all(args: argparse.Namespace, tasks: list, mode: str) -> list[dic
             ms = (time.perf_counter() - t0) * 1e3
             after = await s.stats()
             answer = res.items[0].insert_text if res is not None and res.items else ""
-            rows.append({"task": task.task_id, "ms": round(ms, 1), "text": answer,
+            rows.append({"task": task.task_id, "window": i % windows, "ms": round(ms, 1), "text": answer,
                          "prompt_tokens": after["prompt_tokens"] - before["prompt_tokens"],
                          "reused_tokens": after["reused_tokens"] - before["reused_tokens"],
                          "tokens": after["tokens"] - before["tokens"]})
@@ -143,6 +151,9 @@ def run(args: argparse.Namespace) -> int:
         for mode in ("cold", "pause"):
             rows = asyncio.run(_ask_all(args, tasks, mode))
             res[mode] = {"summary": _grade(rows, tasks), "rows": rows}
+        if args.windows > 1:
+            rows = asyncio.run(_ask_all(args, tasks, "cold", args.windows))
+            res["windows"] = {"summary": _grade(rows, tasks), "rows": rows, "windows": args.windows}
     finally:
         for p in spinners:
             p.terminate()
@@ -154,6 +165,7 @@ def run(args: argparse.Namespace) -> int:
           f"{args_options(args) or 'defaults'}; {info['cpu']}, {info['cpu_count']} cores, {args.busy} busy loops")
     print(f"  {'mode':<28}{'pass@1':>8}{'empty':>7}{'fragm.':>8}{'p50':>9}{'p95':>9}{'reuse':>8}")
     for mode, label in (("cold", "cold (open, ask at once)"), ("pause", f"open, {PAUSE_S:g} s pause, ask"),
+                        ("windows", f"cold, {args.windows} windows in turn"),
                         ("complete", "gemma-lsp complete (ref.)")):
         if mode in res:
             s = res[mode]["summary"]
