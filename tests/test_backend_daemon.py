@@ -233,3 +233,19 @@ def test_a_request_preempts_warm_ups_still_waiting_for_the_engine(daemon, tiny):
     tr.join(10)
     assert results["warm"] is None and len(results["real"].tokens) == 2
     assert not daemon.warms
+
+
+def test_the_daemon_log_is_rotated_at_a_start(tmp_path):
+    """Each daemon start appends to one log: past its bound it moves to `.log.1` (the older
+    copy replaced), so a machine that runs for months keeps at most about twice the bound."""
+    from gemma_lsp.backends.local import rotate
+
+    log = tmp_path / "engine.log"
+    log.write_bytes(b"a" * 100)
+    rotate(log, keep=1000)
+    assert log.read_bytes() == b"a" * 100  # under the bound: left alone
+    log.write_bytes(b"b" * 2000)
+    (tmp_path / "engine.log.1").write_bytes(b"old")
+    rotate(log, keep=1000)
+    assert not log.exists() and (tmp_path / "engine.log.1").read_bytes() == b"b" * 2000
+    rotate(tmp_path / "never-written.log", keep=1000)  # a first start: nothing to move

@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 900.0  # a first start may prepare the default model (~4 min on 2 cores)
 IDLE_EXIT_S = 300.0  # how long the daemon outlives its last client
+LOG_KEEP_BYTES = 4 << 20  # a daemon log past this at a start moves to `.log.1` (one older copy kept)
 
 
 def runtime_dir() -> Path:
@@ -124,6 +125,7 @@ class LocalBackend(OpenAIBackend):
             log.warning("the shared engine (%s) went away: starting it again (log: %s)", self.path.name, log_path)
         else:
             log.info("starting the shared engine: %s (log: %s)", self.path.name, log_path)
+        rotate(log_path)
         with open(log_path, "ab") as out:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                     start_new_session=True, close_fds=True)
@@ -152,6 +154,17 @@ class LocalBackend(OpenAIBackend):
 
         self._session = threading.Thread(target=hold, name="engine-session", daemon=True)
         self._session.start()
+
+
+def rotate(path: Path, keep: int = LOG_KEEP_BYTES) -> None:
+    """Every start appends to the daemon's log; a machine that runs for months must not
+    fill its disk with it. Past `keep` bytes the log becomes `<log>.1` (replacing the last
+    one), so at most ~2 × `keep` stays, and the newest start's lines are always whole."""
+    try:
+        if path.stat().st_size > keep:
+            os.replace(path, path.with_name(path.name + ".1"))
+    except FileNotFoundError:
+        pass
 
 
 def _tail(path: Path, n: int = 600) -> str:
