@@ -5,7 +5,6 @@ is raised as `GemmaLspError` with the fix in the message, so the CLI can print i
 without a traceback and exit non-zero, and the server can answer it as an error.
 """
 
-
 import errno
 from pathlib import Path
 
