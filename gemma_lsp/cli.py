@@ -10,10 +10,8 @@ import sys
 import time
 from pathlib import Path
 
-from .config import DRAFTERS, RETRIEVAL, SINGLE_LINE, Settings
+from .config import COMPLETE_BUDGET_MS, DRAFTERS, RETRIEVAL, SINGLE_LINE, Settings
 from .errors import GemmaLspError
-
-COMPLETE_BUDGET_MS = 120_000  # `gemma-lsp complete` is not interactive: let the model finish
 
 
 def _flags(args: argparse.Namespace) -> dict[str, object]:
@@ -74,7 +72,7 @@ def cursor_offset(text: str, line: int, col: int) -> int:
 
 
 def cmd_complete(args: argparse.Namespace) -> int:
-    from .completer import Completer, Snapshot
+    from .completer import Completer, Snapshot, language_of
 
     path, line, col = parse_location(args.location)
     try:
@@ -88,7 +86,7 @@ def cmd_complete(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     completer = Completer.from_settings(settings)
     load_ms = (time.perf_counter() - t0) * 1e3
-    snap = Snapshot(uri=path.resolve().as_uri(), text=text, offset=offset, language=_language(path), path=path.name)
+    snap = Snapshot(uri=path.resolve().as_uri(), text=text, offset=offset, language=language_of(path), path=path.name)
     for i in range(args.repeat):
         c = completer.complete(snap, settings, instant=False)
         if args.json:
@@ -107,11 +105,6 @@ def cmd_complete(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     return 0
-
-
-def _language(path: Path) -> str:
-    return {".py": "python", ".js": "javascript", ".ts": "typescript", ".rs": "rust", ".go": "go", ".c": "c",
-            ".cpp": "cpp", ".java": "java", ".lua": "lua", ".rb": "ruby", ".sh": "shellscript"}.get(path.suffix, "")
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:

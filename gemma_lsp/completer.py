@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from . import corpus
 from .config import Settings
@@ -30,6 +31,16 @@ log = logging.getLogger(__name__)
 # this many times the budget (1.8 s -> 3.6 s by default): a whole line or nothing, in time
 # for editors that give up after 10 s (eglot, lsp-mode) even after a cold prompt pass.
 CEILING_FACTOR = 2.0
+
+
+LANGUAGES = {".py": "python", ".js": "javascript", ".ts": "typescript", ".rs": "rust", ".go": "go", ".c": "c",
+             ".cpp": "cpp", ".java": "java", ".lua": "lua", ".rb": "ruby", ".sh": "shellscript"}
+
+
+def language_of(path: Path) -> str:
+    """The LSP language id of a file read from disk (`complete`, the benchmarks), where no
+    editor says it; "" when the suffix is not known."""
+    return LANGUAGES.get(path.suffix, "")
 
 
 @dataclass

@@ -9,13 +9,18 @@ from dataclasses import dataclass, field
 from .engine import Stats
 
 
-def _percentile(xs: list[float], q: float) -> float | None:
-    """None before the first completion: nothing was measured, which is not 0 ms."""
+def percentile(xs: list[float], q: float) -> float | None:
+    """The nearest-rank q-quantile (an observed value, never an interpolated one); None for
+    no values: nothing was measured, which is not 0 ms. The benchmarks use it too."""
     if not xs:
         return None
     s = sorted(xs)
-    k = min(len(s) - 1, max(0, round(q * (len(s) - 1))))
-    return round(s[k], 1)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+def _percentile(xs: list[float], q: float) -> float | None:
+    p = percentile(xs, q)
+    return None if p is None else round(p, 1)
 
 
 @dataclass

@@ -94,9 +94,8 @@ async def _ask_all(args: argparse.Namespace, tasks: list, mode: str, windows: in
 
 def _reference(args: argparse.Namespace, tasks: list) -> list[dict[str, Any]]:
     """`gemma-lsp complete`'s path on the same files: the model's accuracy without a deadline."""
-    from ..cli import COMPLETE_BUDGET_MS
     from ..completer import Completer, Snapshot
-    from ..config import Settings
+    from ..config import COMPLETE_BUDGET_MS, Settings
 
     settings = Settings().merged({k: v for k, v in {"model": args.model, "dtype": args.dtype}.items() if v})
     settings = settings.merged({"timeBudgetMs": COMPLETE_BUDGET_MS})
@@ -112,7 +111,7 @@ def _reference(args: argparse.Namespace, tasks: list) -> list[dict[str, Any]]:
 
 def _grade(rows: list[dict[str, Any]], tasks: list) -> dict[str, Any]:
     from .quality import Grader
-    from .typing import _pct
+    from ..stats import percentile
 
     grader = Grader()
     by_id = {t.task_id: t for t in tasks}
@@ -127,7 +126,7 @@ def _grade(rows: list[dict[str, Any]], tasks: list) -> dict[str, Any]:
     return {
         "tasks": n, "pass@1": round(sum(r["passed"] for r in rows) / n, 3) if n else None,
         "empty": sum(r["kind"] == "empty" for r in rows), "fragments": sum(r["kind"] == "fragment" for r in rows),
-        "p50_ms": _pct(ms, 0.5), "p95_ms": _pct(ms, 0.95),
+        "p50_ms": percentile(ms, 0.5), "p95_ms": percentile(ms, 0.95),
         "reuse": round(reused / prompt, 3) if prompt else None,
     }
 

@@ -47,6 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..stats import percentile
 from .lsp_client import server_options
 
 GOALS = {"p50_s": 0.8, "p95_s": 2.0, "reuse": 0.90}
@@ -100,10 +101,10 @@ def make_script(args: argparse.Namespace) -> Script:
         start = sum(len(x) for x in lines[: max(0, start_line - 1)])
         keys = keystrokes_of(text[start:], args.chars)
         end = start + sum(len(k) for k in keys)
-        from ..cli import _language
+        from ..completer import language_of
 
         return Script(f"{path}:{start_line}", text[:start], keys, text[end:] if args.keep_suffix else "",
-                      _language(path) or "plaintext")
+                      language_of(path) or "plaintext")
     from . import humaneval
 
     problems = humaneval.load_problems()
@@ -117,13 +118,6 @@ def make_script(args: argparse.Namespace) -> Script:
 
 def _delta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, int]:
     return {k: int(b[k]) - int(a.get(k, 0)) for k, v in b.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-
-
-def _pct(xs: list[float], q: float) -> float | None:
-    if not xs:
-        return None
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
 
 
 async def _bench(args: argparse.Namespace, script: Script) -> dict[str, Any]:
@@ -213,11 +207,11 @@ def summarize(res: dict[str, Any], script: Script, args: argparse.Namespace) -> 
         "chars": sum(len(k["typed"]) for k in keys),
         "mode": f"{args.cps:g} chars/s, no waiting" if args.cps else "await each answer",
         "latency_ms": {
-            "p50": _round(_pct(lat, 0.5)), "p95": _round(_pct(lat, 0.95)), "max": _round(max(lat) if lat else None),
+            "p50": _round(percentile(lat, 0.5)), "p95": _round(percentile(lat, 0.95)), "max": _round(max(lat) if lat else None),
             "mean": _round(statistics.fmean(lat) if lat else None),
         },
         "latency_ms_model_runs": {
-            "n": len(model_lat), "p50": _round(_pct(model_lat, 0.5)), "p95": _round(_pct(model_lat, 0.95)),
+            "n": len(model_lat), "p50": _round(percentile(model_lat, 0.5)), "p95": _round(percentile(model_lat, 0.95)),
         } if model_lat else None,
         "reuse": round(reused / prompt, 4) if prompt else None,
         "prompt_tokens": prompt,
