@@ -105,14 +105,14 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    """Run one benchmark. `all` sits above the others (it runs each through this function),
+    so it is dispatched by the CLI, not here: no import cycle."""
+    if args.bench == "all":
+        raise ValueError("`bench all` is run by gemma_lsp.cli (bench.all.run), not by run_bench")
     if args.bench == "quality":
         from .quality import run as run_quality
 
         return run_quality(args)
-    if args.bench == "all":
-        from .all import run as run_all
-
-        return run_all(args)
     if args.bench == "speculative":
         from .speculative import run
 
