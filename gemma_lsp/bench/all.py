@@ -85,11 +85,11 @@ def parse_bench(argv: list[str]) -> argparse.Namespace:
 
 
 def base_machine() -> dict[str, Any]:
-    from .speculative import _cpu_name, _loadavg
+    from .machine import cpu_name, loadavg
 
     info: dict[str, Any] = {
-        "cpu": _cpu_name(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
-        "platform": platform.platform(), "loadavg_before": _loadavg(),
+        "cpu": cpu_name(), "cpu_count": os.cpu_count(), "python": platform.python_version(),
+        "platform": platform.platform(), "loadavg_before": loadavg(),
     }
     try:
         import torch
@@ -285,9 +285,9 @@ def run(args: argparse.Namespace) -> int:
         for key in ("device", "dtype", "model", "model_path", "fim_family", "gpu"):
             if key in m and key not in machine:
                 machine[key] = m[key]
-    from .speculative import _loadavg
+    from .machine import loadavg
 
-    machine["loadavg_after"] = _loadavg()
+    machine["loadavg_after"] = loadavg()
     results: dict[str, Any] = {
         "bench": "all",
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),

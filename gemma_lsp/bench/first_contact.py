@@ -135,11 +135,11 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from . import humaneval
-    from .speculative import _cpu_name, _loadavg
+    from .machine import cpu_name, loadavg
 
     problems = humaneval.load_problems()
     tasks = humaneval.sample(humaneval.single_line_tasks(problems), args.first_contact, TASKS_SEED)
-    info = {"cpu": _cpu_name(), "cpu_count": os.cpu_count(), "busy_loops": args.busy, "loadavg_before": _loadavg(),
+    info = {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "busy_loops": args.busy, "loadavg_before": loadavg(),
             "date": time.strftime("%Y-%m-%d %H:%M")}
     print(f"first contact on {len(tasks)} held-out tasks; {info['cpu']}; load {info['loadavg_before']}", file=sys.stderr)
     spinners = [multiprocessing.Process(target=_spin, daemon=True) for _ in range(args.busy)]
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace) -> int:
     if args.reference:
         rows = _reference(args, tasks)
         res["complete"] = {"summary": _grade(rows, tasks), "rows": rows}
-    info["loadavg_after"] = _loadavg()
+    info["loadavg_after"] = loadavg()
     print(f"\nopen a file, ask once: {len(tasks)} held-out single-line tasks over LSP stdio, server "
           f"{args_options(args) or 'defaults'}; {info['cpu']}, {info['cpu_count']} cores, {args.busy} busy loops")
     print(f"  {'mode':<28}{'pass@1':>8}{'empty':>7}{'fragm.':>8}{'p50':>9}{'p95':>9}{'reuse':>8}")

@@ -317,7 +317,8 @@ def run(args: argparse.Namespace) -> int:
     from ..completer import Completer, Snapshot
     from ..config import Settings
     from . import humaneval
-    from .speculative import _loadavg, announce, machine_info
+    from .machine import loadavg
+    from .speculative import announce, machine_info
 
     layouts = parse_layouts(args.layouts)
     kinds = parse_kinds(args.kinds)
@@ -399,7 +400,7 @@ def run(args: argparse.Namespace) -> int:
                                        f"passed, post {c.text!r} failed ({g['test_reason']})", file=sys.stderr)
                         bar.update(1)
     run_s = time.perf_counter() - t_run
-    info["loadavg_after"] = _loadavg()
+    info["loadavg_after"] = loadavg()
     summary = summarize(rows, layouts, kinds, drafters)
     lost = total_post_lost(summary)
     raw_passes = sum(r.raw_passed for r in rows)

@@ -60,6 +60,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from .machine import cpu_name, loadavg
+
 DEFAULT_DRAFTERS = ("none", "ngram", "auto")
 TIME_BUDGET_MS = 3_600_000  # an hour: no run is ever cut by time
 
@@ -139,7 +141,7 @@ def machine_info(completer, args: argparse.Namespace) -> dict[str, Any]:
     info: dict[str, Any] = {
         "python": platform.python_version(),
         "platform": platform.platform(),
-        "cpu": _cpu_name(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -153,7 +155,7 @@ def machine_info(completer, args: argparse.Namespace) -> dict[str, Any]:
     }
     if p.device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(p.device)
-    info["loadavg_before"] = _loadavg()
+    info["loadavg_before"] = loadavg()
     return info
 
 
@@ -165,22 +167,6 @@ def announce(info: dict[str, Any], load_s: float, noisy: str) -> None:
     if load and info["device"] == "cpu" and load[0] > 0.5:
         print(f"note: load average {load[0]:.2f} before starting: other processes share these CPUs, so {noisy}",
               file=sys.stderr)
-
-
-def _loadavg() -> list[float] | None:
-    """System load: other processes on the same cores make every timing here noisy."""
-    return [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _capture_tokens(engine) -> dict[str, Any]:
@@ -281,7 +267,7 @@ def run(args: argparse.Namespace) -> int:
             line.append(f"{d} {row.tokens}t {tps:.1f}t/s{mark}")
         print(" ".join(line), file=sys.stderr)
 
-    info["loadavg_after"] = _loadavg()
+    info["loadavg_after"] = loadavg()
     summary = summarize(rows, drafters)
     print_table(summary, info, len(tasks))
     if args.json:

@@ -48,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 from ..stats import percentile
+from .machine import loadavg
 from .lsp_client import server_options
 
 GOALS = {"p50_s": 0.8, "p95_s": 2.0, "reuse": 0.90}
@@ -283,14 +284,14 @@ def run(args: argparse.Namespace) -> int:
     info = {
         "python": platform.python_version(), "platform": platform.platform(), "cpu_count": os.cpu_count(),
         "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "loadavg_before": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "loadavg_before": loadavg(),
         "server_options": server_options(args),
         "GEMMA_LSP_CACHE": os.environ.get("GEMMA_LSP_CACHE"),
     }
     print(f"typing {sum(len(k) for k in script.keystrokes)} characters of {script.name} "
           f"({len(script.keystrokes)} keystrokes) into `{sys.executable} -m gemma_lsp serve`...", file=sys.stderr)
     res = asyncio.run(_bench(args, script))
-    info["loadavg_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    info["loadavg_after"] = loadavg()
     summ = summarize(res, script, args)
     print_report(summ, script, info)
     if args.json:

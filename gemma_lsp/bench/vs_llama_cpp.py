@@ -42,7 +42,8 @@ def _run(args: argparse.Namespace, gguf: Path) -> int:
     from ..config import Settings
     from . import humaneval
     from .llama_engine import LlamaCppEngine
-    from .speculative import _loadavg, machine_info
+    from .machine import loadavg
+    from .speculative import machine_info
 
     base = Settings().merged({"model": args.model or (str(gguf) if args.gguf else None), "dtype": args.dtype,
                               "timeBudgetMs": 60_000, "maxTokens": args.max_tokens})
@@ -58,7 +59,7 @@ def _run(args: argparse.Namespace, gguf: Path) -> int:
                 load_s={"ours": round(ours_load, 2), "llama.cpp": round(llama_load, 2)},
                 cost_curve_ms={k: round(v, 1) for k, v in (ours.cost.ms.items() if ours.cost else [])},
                 date=time.strftime("%Y-%m-%d"))
-    print(f"ours: {completer.target.weights}; llama.cpp: {llama.threads} threads; load average {_loadavg()}",
+    print(f"ours: {completer.target.weights}; llama.cpp: {llama.threads} threads; load average {loadavg()}",
           file=sys.stderr)
 
     problems = humaneval.load_problems()
