@@ -4,6 +4,8 @@ of ARCHITECTURE.md fails here rather than in a review.
 - The engine knows token ids only: nothing of the LSP side (server, documents, prompts,
   completer, backends, settings, benchmarks, CLI).
 - The benchmarks never import the CLI (it imports them: that was a cycle).
+- No module imports another's private (`_name`) names: what is shared gets a public name
+  in one home.
 - No import cycles in the package (`bench all` is dispatched by the CLI, since it runs
   the other benchmarks through `bench.cli`).
 """
@@ -66,6 +68,16 @@ def test_the_benchmarks_never_import_the_cli():
     bad = {(m, dep) for m, deps in _graph().items() if m.startswith("gemma_lsp.bench") for dep in deps
            if dep == "gemma_lsp.cli"}
     assert not bad, sorted(bad)
+
+
+def test_no_private_names_cross_modules():
+    modules = _modules()
+    bad = []
+    for name, f in modules.items():
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("gemma_lsp")):
+                bad += [f"{name}: {a.name}" for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+    assert not bad, bad
 
 
 def test_no_import_cycles():
