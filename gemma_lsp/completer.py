@@ -52,7 +52,6 @@ class Snapshot:
     offset: int  # index into `text` (Python characters) of the cursor
     language: str = ""
     path: str = ""
-    extras: list[tuple[str, str]] = field(default_factory=list)
     chunks: list[Chunk] = field(default_factory=list)  # other files; fitted to the budget on the engine thread
 
 
@@ -215,10 +214,9 @@ class Completer:
     def _prompt(self, snap: Snapshot, settings: Settings):
         """The prompt at the cursor, with the prefix and suffix windows it was built from."""
         prefix, suffix = windows(snap.text, snap.offset, self.prompter.count, settings.prefix_tokens, settings.suffix_tokens)
-        extras = snap.extras
-        if not extras:  # engine thread only: warm-ups and requests share one head, in order
-            extras = select_extras(snap.chunks, self.prompter.count, settings.extra_tokens, snap.text, self._head)
-            self._head = tuple(text for _, text in extras)
+        # Engine thread only: warm-ups and requests share one head, in order.
+        extras = select_extras(snap.chunks, self.prompter.count, settings.extra_tokens, snap.text, self._head)
+        self._head = tuple(text for _, text in extras)
         return self.prompter.build(prefix, suffix, extras, snap.path), prefix, suffix
 
     def _block_end(self, healed: str, line_prefix: str, suffix: str):

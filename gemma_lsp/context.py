@@ -116,15 +116,9 @@ class ContextRing:
         while len(self._chunks) > self.max_files:
             self._chunks.popitem(last=False)
 
-    def forget(self, uri: str) -> None:
-        self._chunks.pop(uri, None)
-
     def chunks(self, exclude_uri: str) -> list[Chunk]:
         """A copy of the other files' chunks, oldest first (safe to use on another thread)."""
         return [c for uri, c in self._chunks.items() if uri != exclude_uri and c.text.strip()]
-
-    def extras(self, exclude_uri: str, count: Callable[[str], int], budget: int) -> list[tuple[str, str]]:
-        return select_extras(self.chunks(exclude_uri), count, budget)
 
 
 def select_extras(chunks: list[Chunk], count: Callable[[str], int], budget: int,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gemma_lsp import context
-from gemma_lsp.context import STEP, ContextRing, is_secret, windows
+from gemma_lsp.context import STEP, ContextRing, is_secret, select_extras, windows
 from gemma_lsp.text import line_starts as _line_starts
 
 
@@ -252,7 +252,7 @@ def test_ring_secret_never_in_extras():
     ring.offer("file:///p/a.py", "/p/a.py", "python", "A = 1\n")
     ring.offer("file:///p/.env", "/p/.env", "dotenv", "TOKEN=hunter2\n")
     ring.offer("file:///h/.ssh/config", "/h/.ssh/config", "ssh", "Host x\n")
-    out = ring.extras("file:///p/cur.py", chars, 10_000)
+    out = select_extras(ring.chunks("file:///p/cur.py"), chars, 10_000)
     assert out == [("a.py", "A = 1\n")]
     assert all("hunter2" not in t for _, t in out)
 
@@ -261,18 +261,18 @@ def test_ring_secret_replaces_earlier_chunk_of_same_uri():
     ring = ContextRing()
     ring.offer("u1", "/p/notes.txt", "text", "hello\n")
     ring.offer("u1", "/p/.env", "dotenv", "K=v\n")  # renamed to a secret: the old chunk goes too
-    assert ring.extras("cur", chars, 1000) == []
+    assert select_extras(ring.chunks("cur"), chars, 1000) == []
 
 
 def test_ring_oldest_first_excludes_current_and_budget():
     ring = ContextRing(max_files=6)
     for i in range(4):
         ring.offer(f"u{i}", f"/p/f{i}.py", "python", f"v{i} = {i}\n")
-    assert [p for p, _ in ring.extras("cur", chars, 10_000)] == ["f0.py", "f1.py", "f2.py", "f3.py"]
-    assert [p for p, _ in ring.extras("u2", chars, 10_000)] == ["f0.py", "f1.py", "f3.py"]
+    assert [p for p, _ in select_extras(ring.chunks("cur"), chars, 10_000)] == ["f0.py", "f1.py", "f2.py", "f3.py"]
+    assert [p for p, _ in select_extras(ring.chunks("u2"), chars, 10_000)] == ["f0.py", "f1.py", "f3.py"]
     # each chunk costs len(text) + 8 = 15: a budget of 31 keeps the two newest, still oldest first
-    assert [p for p, _ in ring.extras("cur", chars, 31)] == ["f2.py", "f3.py"]
-    assert ring.extras("cur", chars, 14) == []
+    assert [p for p, _ in select_extras(ring.chunks("cur"), chars, 31)] == ["f2.py", "f3.py"]
+    assert select_extras(ring.chunks("cur"), chars, 14) == []
 
 
 def test_ring_reoffer_identical_does_not_reorder_but_change_does():
@@ -280,29 +280,28 @@ def test_ring_reoffer_identical_does_not_reorder_but_change_does():
     ring.offer("a", "/p/a.py", "python", "a = 1\n")
     ring.offer("b", "/p/b.py", "python", "b = 1\n")
     ring.offer("a", "/p/a.py", "python", "a = 1\n")
-    assert [p for p, _ in ring.extras("cur", chars, 1000)] == ["a.py", "b.py"]
+    assert [p for p, _ in select_extras(ring.chunks("cur"), chars, 1000)] == ["a.py", "b.py"]
     ring.offer("a", "/p/a.py", "python", "a = 2\n")
-    assert ring.extras("cur", chars, 1000) == [("b.py", "b = 1\n"), ("a.py", "a = 2\n")]
+    assert select_extras(ring.chunks("cur"), chars, 1000) == [("b.py", "b = 1\n"), ("a.py", "a = 2\n")]
 
 
-def test_ring_max_files_and_forget_and_blank():
+def test_ring_max_files_and_blank():
     ring = ContextRing(max_files=2)
     for i in range(3):
         ring.offer(f"u{i}", f"/p/f{i}.py", "python", f"v{i}\n")
-    assert [p for p, _ in ring.extras("cur", chars, 1000)] == ["f1.py", "f2.py"]
-    ring.forget("u1")
-    ring.offer("blank", "/p/blank.py", "python", "\n\n")
-    assert [p for p, _ in ring.extras("cur", chars, 1000)] == ["f2.py"]
+    assert [p for p, _ in select_extras(ring.chunks("cur"), chars, 1000)] == ["f1.py", "f2.py"]
+    ring.offer("blank", "/p/blank.py", "python", "\n\n")  # takes u1's place, and is never an extra
+    assert [p for p, _ in select_extras(ring.chunks("cur"), chars, 1000)] == ["f2.py"]
 
 
 def test_ring_chunk_is_window_around_line():
     ring = ContextRing(max_lines=10)
     text = "".join(f"l{i}\n" for i in range(100))
     ring.offer("u", "/p/big.py", "python", text, line=50)
-    [(_, chunk)] = ring.extras("cur", chars, 10_000)
+    [(_, chunk)] = select_extras(ring.chunks("cur"), chars, 10_000)
     assert chunk == "".join(f"l{i}\n" for i in range(45, 55))
     ring.offer("u", "/p/big.py", "python", text, line=99)
-    [(_, chunk)] = ring.extras("cur", chars, 10_000)
+    [(_, chunk)] = select_extras(ring.chunks("cur"), chars, 10_000)
     assert chunk == "".join(f"l{i}\n" for i in range(90, 100))
 
 
