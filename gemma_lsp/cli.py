@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from .config import COMPLETE_BUDGET_MS, DRAFTERS, RETRIEVAL, SINGLE_LINE, Settings
-from .errors import GemmaLspError
+from .errors import GemmaLspError, exit_status
 
 
 def _flags(args: argparse.Namespace) -> dict[str, object]:
@@ -183,14 +183,25 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return doctor(_settings(args))
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    if args.bench == "all":  # the suite runs the others through run_bench
-        from .bench.all import run as run_all
+def benchmarks_root(package: Path = Path(__file__).resolve().parent) -> Path:
+    """The clone the running package comes from, if it has the benchmarks: they are not in
+    the wheel (no benchmark code, HumanEval runner or plotting in a user's install)."""
+    root = package.parent
+    if not (root / "benchmarks" / "__main__.py").is_file():
+        raise GemmaLspError("the benchmarks are not part of an installed gemma-lsp: they run from a clone of its "
+                            "repository (`pip install -e '.[bench]'` there, then `gemma-lsp bench ...` or "
+                            "`python -m benchmarks ...` in it)")
+    return root
 
-        return run_all(args)
-    from .bench.cli import run_bench
 
-    return run_bench(args)
+def run_benchmarks(argv: list[str]) -> int:
+    """`gemma-lsp bench ...` is `python -m benchmarks ...` in the clone: a child process, so
+    the package never imports the benchmarks."""
+    import subprocess
+
+    root = benchmarks_root()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    return subprocess.call([sys.executable, "-m", "benchmarks", *argv], env=env)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -235,27 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
     _backend_flags(d)
     d.set_defaults(func=cmd_doctor)
 
-    b = sub.add_parser("bench", help="benchmarks (not tests): quality, speculative, typing, all")
-    from .bench.cli import add_bench_args
-
-    add_bench_args(b)
-    b.set_defaults(func=cmd_bench)
+    b = sub.add_parser("bench", add_help=False,
+                       help="benchmarks (not tests), from a clone: quality, speculative, typing, vs-llama-cpp, all")
+    b.add_argument("bench_args", nargs=argparse.REMAINDER, help="`gemma-lsp bench --help` lists them")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:  # everything after it is the benchmarks' own (--help included)
+        return exit_status(lambda: run_benchmarks(argv[1:]))
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except GemmaLspError as e:
-        print(f"gemma-lsp: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:  # the cache directory cannot be written (a file in the way, no space, no rights)
-        from .paths import cache_dir
-
-        where = e.filename or cache_dir()
-        print(f"gemma-lsp: error: cannot write {where}: {e.strerror or e}. gemma-lsp keeps its files in "
-              f"{cache_dir()}; make it writable, or point GEMMA_LSP_CACHE at a directory that is", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    return exit_status(lambda: args.func(args))

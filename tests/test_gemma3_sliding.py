@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gemma_lsp.bench import humaneval as he
+from benchmarks import humaneval as he
 from gemma_lsp.engine import Engine, GenerateRequest
 
 pytestmark = pytest.mark.slow

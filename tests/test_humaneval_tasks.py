@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from gemma_lsp.bench.humaneval import (
+from benchmarks.humaneval import (
     InfillTask,
     assemble,
     exact_match,

@@ -14,7 +14,7 @@ import pytest
 from lsprotocol import types as lsp
 from pytest_lsp import ClientServerConfig, client_capabilities
 
-from gemma_lsp.bench import humaneval as he
+from benchmarks import humaneval as he
 
 pytestmark = pytest.mark.slow
 

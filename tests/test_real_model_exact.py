@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gemma_lsp.bench import humaneval as he
+from benchmarks import humaneval as he
 from gemma_lsp.engine import Engine, GenerateRequest
 from gemma_lsp.engine.models import load
 from gemma_lsp.prompt import Prompter

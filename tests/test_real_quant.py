@@ -1,7 +1,7 @@
 """The GGUF-weights path on the real default model. Slow; CI runs it.
 
 Closeness. The reference is the GGUF's model computed in float32 (its weights as transformers
-dequantizes them, held in bf16: bench/drift.py). The ways of running it cheaply on a CPU are
+dequantizes them, held in bf16: benchmarks/drift.py). The ways of running it cheaply on a CPU are
 compared against it: dense bf16; the block kernels (the file's Q4_K / Q6_K blocks,
 activations rounded to int8 per 32 values); torch's int4/int8 kernels (the fallback: Q4_K
 exact, Q6_K requantized to int8 per row, bf16 activations). The bounds: each may drift (mean
@@ -26,7 +26,7 @@ import pytest
 import torch
 
 from gemma_lsp import default_model
-from gemma_lsp.bench.drift import CLEAR_GAP, all_logits, fim_prompts, kl, llama_cpp_logits, quant_logits
+from benchmarks.drift import CLEAR_GAP, all_logits, fim_prompts, kl, llama_cpp_logits, quant_logits
 from gemma_lsp.engine import Engine, GenerateRequest
 from gemma_lsp.engine.costs import CostCurve
 from gemma_lsp.engine.models import load

@@ -11,7 +11,7 @@ in llama_engine.py), so only the engines differ. Figures:
                     extends the cached one; time to the first token and to the answer
   pass@1            of the per-task completions
   drift (--drift N) mean KL of each engine's next-token distributions from the file's model
-                    in float32, over every position of N FIM prompts (bench/drift.py)
+                    in float32, over every position of N FIM prompts (benchmarks/drift.py)
 Ratios are ours ÷ llama.cpp as speed (> 1: ours faster). Nothing here asserts speed.
 """
 
@@ -31,15 +31,15 @@ def run(args: argparse.Namespace) -> int:
         return _run(args, Path(args.gguf))
     if args.model not in (None, "", "default"):
         raise SystemExit("with --model, also give --gguf (the same model's .gguf for llama.cpp)")
-    from ..default_model import assembled_gguf
+    from gemma_lsp.default_model import assembled_gguf
 
     with assembled_gguf() as path:
         return _run(args, path)
 
 
 def _run(args: argparse.Namespace, gguf: Path) -> int:
-    from ..completer import Completer
-    from ..config import Settings
+    from gemma_lsp.completer import Completer
+    from gemma_lsp.config import Settings
     from . import humaneval
     from .llama_engine import LlamaCppEngine
     from .machine import loadavg
@@ -86,7 +86,7 @@ def _ids(completer, text: str, n: int) -> list[int]:
 
 def prefill(completer, engines, problems, n_tokens: int) -> dict[str, Any]:
     """Cold prompt of n_tokens: tokens per second of the prompt pass (best of 2)."""
-    from ..engine.speculative import GenerateRequest
+    from gemma_lsp.engine.speculative import GenerateRequest
 
     text = "\n\n".join(p["prompt"] + p["canonical_solution"] for p in problems.values())
     prompt = _ids(completer, text, n_tokens)
@@ -105,7 +105,7 @@ def prefill(completer, engines, problems, n_tokens: int) -> dict[str, Any]:
 
 def decode(completer, engines, problems, n_prompts: int, n_tokens: int) -> dict[str, Any]:
     """n_tokens greedy tokens after each of n_prompts HumanEval prompts, no stops."""
-    from ..engine.speculative import GenerateRequest
+    from gemma_lsp.engine.speculative import GenerateRequest
 
     prompts = [completer.prompter.encode(p["prompt"]) for p in list(problems.values())[:n_prompts]]
     runs = {"ours (plain)": ("ours", "none"), "ours (speculative)": ("ours", "auto"), "llama.cpp": ("llama.cpp", "none")}
@@ -139,8 +139,8 @@ def per_task(completer, engines, tasks, keystrokes: int) -> dict[str, Any]:
     """Whole-pipeline latency per cold task, pass@1, then one keystroke that extends the prompt.
     Last, llama.cpp once more with every answer cut at the first newline (singleLine always),
     the rule it and llama.vscode use: the bar for our multi-line policy on single-line gaps."""
-    from ..completer import Snapshot
-    from ..config import Settings
+    from gemma_lsp.completer import Snapshot
+    from gemma_lsp.config import Settings
     from .quality import Grader
 
     grader = Grader()
@@ -186,7 +186,7 @@ def drift_from_float32(completer, spec: str | None, gguf: Path, n_prompts: int, 
 
     import torch
 
-    from ..engine.models import load
+    from gemma_lsp.engine.models import load
     from . import drift
 
     prompts = [p.ids for p in drift.fim_prompts(completer.prompter, n_prompts)]

@@ -47,7 +47,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..stats import percentile
+from gemma_lsp.stats import percentile
 from .machine import loadavg
 from .lsp_client import server_options
 
@@ -102,7 +102,7 @@ def make_script(args: argparse.Namespace) -> Script:
         start = sum(len(x) for x in lines[: max(0, start_line - 1)])
         keys = keystrokes_of(text[start:], args.chars)
         end = start + sum(len(k) for k in keys)
-        from ..completer import language_of
+        from gemma_lsp.completer import language_of
 
         return Script(f"{path}:{start_line}", text[:start], keys, text[end:] if args.keep_suffix else "",
                       language_of(path) or "plaintext")
@@ -124,7 +124,7 @@ def _delta(a: dict[str, Any], b: dict[str, Any]) -> dict[str, int]:
 async def _bench(args: argparse.Namespace, script: Script) -> dict[str, Any]:
     from lsprotocol import types as lsp
 
-    from ..text import position_at
+    from gemma_lsp.text import position_at
     from .lsp_client import lsp_session
 
     def shown(res) -> str:

@@ -1,7 +1,7 @@
 """`gemma-lsp bench quality`: functional correctness of completions on HumanEval infilling.
 
 What it measures
-  HumanEval problems turned into fill-in-the-middle tasks (``bench.humaneval``):
+  HumanEval problems turned into fill-in-the-middle tasks (``benchmarks/humaneval.py``):
   ``single`` masks one canonical-solution line, ``multi`` a block of 2-5 lines; the
   cursor sits after the masked line's indentation, as an editor leaves it. Each task
   goes through the SAME path as the server: ``Completer.complete`` on a ``Snapshot``
@@ -101,7 +101,7 @@ def parse_kinds(s: str) -> list[str]:
 
 
 def parse_drafters(s: str, draft_model: str | None) -> list[str]:
-    from ..engine.speculative import DRAFTERS
+    from gemma_lsp.engine.speculative import DRAFTERS
 
     names = list(dict.fromkeys(_csv(s)))
     bad = [d for d in names if d not in DRAFTERS]
@@ -314,8 +314,8 @@ def markdown_table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from ..completer import Completer, Snapshot
-    from ..config import Settings
+    from gemma_lsp.completer import Completer, Snapshot
+    from gemma_lsp.config import Settings
     from . import humaneval
     from .machine import loadavg
     from .speculative import announce, machine_info

@@ -54,7 +54,7 @@ async def _ask_all(args: argparse.Namespace, tasks: list, mode: str, windows: in
 
     from lsprotocol import types as lsp
 
-    from ..text import position_at
+    from gemma_lsp.text import position_at
     from .lsp_client import lsp_session
 
     rows: list[dict[str, Any]] = []
@@ -94,8 +94,8 @@ async def _ask_all(args: argparse.Namespace, tasks: list, mode: str, windows: in
 
 def _reference(args: argparse.Namespace, tasks: list) -> list[dict[str, Any]]:
     """`gemma-lsp complete`'s path on the same files: the model's accuracy without a deadline."""
-    from ..completer import Completer, Snapshot
-    from ..config import COMPLETE_BUDGET_MS, Settings
+    from gemma_lsp.completer import Completer, Snapshot
+    from gemma_lsp.config import COMPLETE_BUDGET_MS, Settings
 
     settings = Settings().merged({k: v for k, v in {"model": args.model, "dtype": args.dtype}.items() if v})
     settings = settings.merged({"timeBudgetMs": COMPLETE_BUDGET_MS})
@@ -111,7 +111,7 @@ def _reference(args: argparse.Namespace, tasks: list) -> list[dict[str, Any]]:
 
 def _grade(rows: list[dict[str, Any]], tasks: list) -> dict[str, Any]:
     from .quality import Grader
-    from ..stats import percentile
+    from gemma_lsp.stats import percentile
 
     grader = Grader()
     by_id = {t.task_id: t for t in tasks}

@@ -33,7 +33,7 @@ def all_logits(model: Any, ids: list[int]) -> torch.Tensor:
 
 def quant_logits(model: Any, prompts: list[list[int]]) -> torch.Tensor:
     """Every position on the quantized kernels (their rows are independent), not the dense prompt pass."""
-    from ..quant.linear import set_max_rows
+    from gemma_lsp.quant.linear import set_max_rows
 
     set_max_rows(model, 1 << 30)
     try:

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine.cache import common_prefix
-from ..engine.speculative import DecodeClock, GenerateRequest, GenerateResult, Stats, emit
+from gemma_lsp.engine.cache import common_prefix
+from gemma_lsp.engine.speculative import DecodeClock, GenerateRequest, GenerateResult, Stats, emit
 
 
 class _NoCache:

@@ -1,4 +1,4 @@
-"""`gemma-lsp bench ...`: benchmarks print figures; they assert nothing about speed."""
+"""The benchmarks' arguments (`python -m benchmarks ...`, `gemma-lsp bench ...`) and `run_bench`: they print figures; they assert nothing about speed."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--api-key-env", help="server apiKeyEnv")
     t.add_argument("--first-contact", type=int, default=0, metavar="N",
                    help="instead of typing: open N held-out tasks' files and ask once in each, cold and after "
-                        "a 1 s pause (bench/first_contact.py)")
+                        "a 1 s pause (benchmarks/first_contact.py)")
     t.add_argument("--busy", type=int, default=0, metavar="K", help="with --first-contact: K busy loops run meanwhile")
     t.add_argument("--windows", type=int, default=1, metavar="K",
                    help="with --first-contact: also a cold run with K servers (editor windows) taking the tasks in turn")
@@ -108,7 +108,7 @@ def run_bench(args: argparse.Namespace) -> int:
     """Run one benchmark. `all` sits above the others (it runs each through this function),
     so it is dispatched by the CLI, not here: no import cycle."""
     if args.bench == "all":
-        raise ValueError("`bench all` is run by gemma_lsp.cli (bench.all.run), not by run_bench")
+        raise ValueError("`bench all` is run by benchmarks.__main__ (suite.run), not by run_bench")
     if args.bench == "quality":
         from .quality import run as run_quality
 
@@ -121,6 +121,6 @@ def run_bench(args: argparse.Namespace) -> int:
         from .vs_llama_cpp import run as run_vs
 
         return run_vs(args)
-    from .typing import run as run_typing
+    from .keystrokes import run as run_typing
 
     return run_typing(args)
