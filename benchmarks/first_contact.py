@@ -55,6 +55,7 @@ async def _ask_all(args: argparse.Namespace, tasks: list, mode: str, windows: in
     from lsprotocol import types as lsp
 
     from gemma_lsp.text import position_at
+
     from .lsp_client import lsp_session
 
     rows: list[dict[str, Any]] = []
@@ -94,7 +95,7 @@ async def _ask_all(args: argparse.Namespace, tasks: list, mode: str, windows: in
 
 def _reference(args: argparse.Namespace, tasks: list) -> list[dict[str, Any]]:
     """`gemma-lsp complete`'s path on the same files: the model's accuracy without a deadline."""
-    from gemma_lsp.completer import Completer, Snapshot
+    from gemma_lsp.complete.completer import Completer, Snapshot
     from gemma_lsp.config import COMPLETE_BUDGET_MS, Settings
 
     settings = Settings().merged({k: v for k, v in {"model": args.model, "dtype": args.dtype}.items() if v})
@@ -110,8 +111,9 @@ def _reference(args: argparse.Namespace, tasks: list) -> list[dict[str, Any]]:
 
 
 def _grade(rows: list[dict[str, Any]], tasks: list) -> dict[str, Any]:
+    from gemma_lsp.lsp.stats import percentile
+
     from .quality import Grader
-    from gemma_lsp.stats import percentile
 
     grader = Grader()
     by_id = {t.task_id: t for t in tasks}

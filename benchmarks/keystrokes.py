@@ -47,9 +47,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gemma_lsp.stats import percentile
-from .machine import loadavg
+from gemma_lsp.lsp.stats import percentile
+
 from .lsp_client import server_options
+from .machine import loadavg
 
 GOALS = {"p50_s": 0.8, "p95_s": 2.0, "reuse": 0.90}
 
@@ -102,7 +103,7 @@ def make_script(args: argparse.Namespace) -> Script:
         start = sum(len(x) for x in lines[: max(0, start_line - 1)])
         keys = keystrokes_of(text[start:], args.chars)
         end = start + sum(len(k) for k in keys)
-        from gemma_lsp.completer import language_of
+        from gemma_lsp.complete.completer import language_of
 
         return Script(f"{path}:{start_line}", text[:start], keys, text[end:] if args.keep_suffix else "",
                       language_of(path) or "plaintext")
@@ -125,6 +126,7 @@ async def _bench(args: argparse.Namespace, script: Script) -> dict[str, Any]:
     from lsprotocol import types as lsp
 
     from gemma_lsp.text import position_at
+
     from .lsp_client import lsp_session
 
     def shown(res) -> str:

@@ -314,8 +314,9 @@ def markdown_table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from gemma_lsp.completer import Completer, Snapshot
+    from gemma_lsp.complete.completer import Completer, Snapshot
     from gemma_lsp.config import Settings
+
     from . import humaneval
     from .machine import loadavg
     from .speculative import announce, machine_info

@@ -197,8 +197,9 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "device_script", False):
         sys.stdout.write(device_script(args))
         return 0
-    from gemma_lsp.completer import Completer, Snapshot
+    from gemma_lsp.complete.completer import Completer, Snapshot
     from gemma_lsp.config import Settings
+
     from . import humaneval
 
     drafters = drafter_list(args)

@@ -31,15 +31,16 @@ def run(args: argparse.Namespace) -> int:
         return _run(args, Path(args.gguf))
     if args.model not in (None, "", "default"):
         raise SystemExit("with --model, also give --gguf (the same model's .gguf for llama.cpp)")
-    from gemma_lsp.default_model import assembled_gguf
+    from gemma_lsp.models.default import assembled_gguf
 
     with assembled_gguf() as path:
         return _run(args, path)
 
 
 def _run(args: argparse.Namespace, gguf: Path) -> int:
-    from gemma_lsp.completer import Completer
+    from gemma_lsp.complete.completer import Completer
     from gemma_lsp.config import Settings
+
     from . import humaneval
     from .llama_engine import LlamaCppEngine
     from .machine import loadavg
@@ -139,8 +140,9 @@ def per_task(completer, engines, tasks, keystrokes: int) -> dict[str, Any]:
     """Whole-pipeline latency per cold task, pass@1, then one keystroke that extends the prompt.
     Last, llama.cpp once more with every answer cut at the first newline (singleLine always),
     the rule it and llama.vscode use: the bar for our multi-line policy on single-line gaps."""
-    from gemma_lsp.completer import Snapshot
+    from gemma_lsp.complete.completer import Snapshot
     from gemma_lsp.config import Settings
+
     from .quality import Grader
 
     grader = Grader()
@@ -186,7 +188,8 @@ def drift_from_float32(completer, spec: str | None, gguf: Path, n_prompts: int, 
 
     import torch
 
-    from gemma_lsp.engine.models import load
+    from gemma_lsp.models.loader import load
+
     from . import drift
 
     prompts = [p.ids for p in drift.fim_prompts(completer.prompter, n_prompts)]

@@ -72,7 +72,7 @@ def cursor_offset(text: str, line: int, col: int) -> int:
 
 
 def cmd_complete(args: argparse.Namespace) -> int:
-    from .completer import Completer, Snapshot, language_of
+    from .complete.completer import Completer, Snapshot, language_of
 
     path, line, col = parse_location(args.location)
     try:
@@ -108,8 +108,8 @@ def cmd_complete(args: argparse.Namespace) -> int:
 
 
 def cmd_prepare(args: argparse.Namespace) -> int:
-    from .engine.costs import curve_for
-    from .engine.models import load, pick_device, resolve
+    from .models.cost_cache import curve_for
+    from .models.loader import load, pick_device, resolve
     from .quant.model import quant_path
 
     t0 = time.perf_counter()
@@ -126,7 +126,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     if args.retrieval == "stdlib":  # index the retrieval corpus now, not at the first completion
         from transformers import AutoTokenizer
 
-        from .corpus import index_for
+        from .models.corpus import index_for
 
         index = index_for(tokenizer or AutoTokenizer.from_pretrained(path, local_files_only=True))
         print(f"retrieval corpus: {len(index) if index else 0} tokens", file=sys.stderr)
@@ -135,7 +135,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .server import serve
+    from .lsp.main import serve
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -143,7 +143,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # them out of logs unless asked.
     logging.getLogger("pygls").setLevel(logging.DEBUG if args.log_protocol else logging.WARNING)
     if not args.log_protocol:
-        from .logs import withhold_protocol_values
+        from .lsp.logs import withhold_protocol_values
 
         withhold_protocol_values()
     _settings(args)  # validate flags before starting

@@ -48,8 +48,8 @@ def doctor(settings=None) -> int:
               "Qwen2/Llama models and in float32")
     except ImportError:
         pass
-    from . import default_model
-    from .convert import is_prepared
+    from .models import default as default_model
+    from .models.convert import is_prepared
     from .quant import native
     from .quant.model import is_current, quant_path
 

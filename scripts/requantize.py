@@ -34,7 +34,7 @@ def main(argv: list[str]) -> int:
     params.ftype = getattr(llama_cpp, TYPES[argv[2]])
     if argv[0] != "default":
         return quantize(llama_cpp, params, argv[0], argv[1], argv[2])
-    from gemma_lsp.default_model import assembled_gguf
+    from gemma_lsp.models.default import assembled_gguf
 
     with assembled_gguf() as path:
         return quantize(llama_cpp, params, str(path), argv[1], argv[2])

@@ -11,8 +11,8 @@ import pytest
 
 
 def prepared_default() -> Path | None:
-    from gemma_lsp import default_model
-    from gemma_lsp.convert import is_prepared
+    from gemma_lsp.models import default as default_model
+    from gemma_lsp.models.convert import is_prepared
 
     d = default_model.prepared_dir()
     return d if is_prepared(d) else None

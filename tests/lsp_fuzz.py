@@ -402,7 +402,7 @@ def make_tiny_model(out: Path) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config
 
-    from gemma_lsp.default_model import prepared_dir
+    from gemma_lsp.models.default import prepared_dir
 
     tok = AutoTokenizer.from_pretrained(prepared_dir())
     cfg = Qwen2Config(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,

@@ -17,9 +17,9 @@ from gemma_lsp.backends.daemon import Daemon
 from gemma_lsp.backends.http import Http, HttpStatusError
 from gemma_lsp.backends.openai import OpenAIBackend
 from gemma_lsp.engine import Engine, GenerateRequest
-from gemma_lsp.engine.models import load
+from gemma_lsp.models.loader import load
 from gemma_lsp.errors import BackendError
-from gemma_lsp.prompt import Prompter
+from gemma_lsp.complete.prompt import Prompter
 
 
 @pytest.fixture(scope="module")

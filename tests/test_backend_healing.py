@@ -15,7 +15,7 @@ import threading
 from gemma_lsp.backends.http import Http
 from gemma_lsp.backends.openai import OpenAIBackend
 from gemma_lsp.engine import GenerateRequest
-from gemma_lsp.prompt import Prompter
+from gemma_lsp.complete.prompt import Prompter
 
 
 def _scripted(answers: list[str]):

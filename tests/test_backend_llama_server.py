@@ -90,8 +90,8 @@ class LlamaServer:
 @pytest.fixture(scope="module")
 def llama(default_model_dir, tmp_path_factory):
     _require_llama_server()
-    from gemma_lsp.convert import assemble
-    from gemma_lsp.default_model import SHA256, SIZE, part_paths
+    from gemma_lsp.models.convert import assemble
+    from gemma_lsp.models.default import SHA256, SIZE, part_paths
 
     work = tmp_path_factory.mktemp("llama")
     gguf = work / "default.gguf"

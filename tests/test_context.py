@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gemma_lsp import context
-from gemma_lsp.context import STEP, ContextRing, is_secret, select_extras, windows
+from gemma_lsp.complete import context
+from gemma_lsp.complete.context import STEP, ContextRing, is_secret, select_extras, windows
 from gemma_lsp.text import line_starts as _line_starts
 
 
@@ -310,7 +310,7 @@ def test_step_is_positive_int():
 
 
 def test_extras_skip_copies_of_the_current_file_and_of_each_other():
-    from gemma_lsp.context import Chunk, select_extras
+    from gemma_lsp.complete.context import Chunk, select_extras
 
     doc = "def fib(n):\n    return fib(n - 1)\n"
     chunks = [Chunk("/a/copy.py", "python", "def fib(n):\n"), Chunk("/a/util.py", "python", "X = 1\n"),
@@ -321,13 +321,13 @@ def test_extras_skip_copies_of_the_current_file_and_of_each_other():
 
 
 def _chunks(*names: str) -> list:
-    from gemma_lsp.context import Chunk
+    from gemma_lsp.complete.context import Chunk
 
     return [Chunk(f"/p/{n}.py", "python", f"{n} = 1\n" * 3) for n in names]  # 18 chars + 8 each
 
 
 def test_extras_keep_the_previous_pick_first_and_always_take_the_newest():
-    from gemma_lsp.context import select_extras
+    from gemma_lsp.complete.context import select_extras
 
     budget = 3 * 26  # three chunks fit
     first = select_extras(_chunks("a", "b", "c"), len, budget)
@@ -349,7 +349,7 @@ def test_extras_keep_the_previous_pick_first_and_always_take_the_newest():
 
 
 def test_extras_head_gives_way_when_the_newest_needs_all_the_budget():
-    from gemma_lsp.context import Chunk, select_extras
+    from gemma_lsp.complete.context import Chunk, select_extras
 
     head = [t for _, t in select_extras(_chunks("a", "b"), len, 60)]
     big = Chunk("/p/big.py", "python", "x" * 50)
@@ -362,9 +362,9 @@ def test_first_requests_in_new_files_reuse_the_other_files_kv(tiny_qwen_dir):
     """Real tiny engine, real tokenizer and prefix cache: a user opening file after file
     (each one's first request cold) keeps the extras' KV; before the sticky head, each new
     file slid the pick by one file and only the first token or so was reused."""
-    from gemma_lsp.completer import Completer, Snapshot
+    from gemma_lsp.complete.completer import Completer, Snapshot
     from gemma_lsp.config import Settings
-    from gemma_lsp.context import ContextRing
+    from gemma_lsp.complete.context import ContextRing
 
     settings = Settings().merged({"model": str(tiny_qwen_dir), "dtype": "float32", "maxTokens": 2,
                                   "extraTokens": 400})
@@ -380,6 +380,6 @@ def test_first_requests_in_new_files_reuse_the_other_files_kv(tiny_qwen_dir):
         reused.append(c.stats.reused_tokens)
         ring.offer(uri, f"/p/m{i}.py", "python", text)  # the user leaves the file
     per_chunk = completer.prompter.count(texts[0]) + 2
-    from gemma_lsp.context import select_extras
+    from gemma_lsp.complete.context import select_extras
     assert len(select_extras(ring.chunks(""), completer.prompter.count, 400)) >= 3  # several files fit
     assert all(r >= per_chunk for r in reused[3:]), (reused, per_chunk)

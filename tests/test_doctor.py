@@ -17,8 +17,8 @@ def test_doctor_reports_an_unprepared_cache_with_the_fix(tmp_path, monkeypatch, 
 
 
 def test_doctor_asks_for_the_weights_when_only_bf16_is_prepared(tmp_path, monkeypatch, capsys):
-    from gemma_lsp import default_model
-    from gemma_lsp.convert import MARKER
+    from gemma_lsp.models import default as default_model
+    from gemma_lsp.models.convert import MARKER
 
     monkeypatch.setenv("GEMMA_LSP_CACHE", str(tmp_path))
     monkeypatch.setattr(default_model, "part_paths", lambda: [])  # parts "installed"

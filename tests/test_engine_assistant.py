@@ -30,7 +30,7 @@ def test_assistant_needs_an_assistant_model():
 
 def test_an_assistant_directory_loads_as_a_draft_head(tmp_path):
     """A saved assistant (safetensors, no tokenizer of its own) loads through the normal model path."""
-    from gemma_lsp.engine.models import load
+    from gemma_lsp.models.loader import load
 
     gemma4_assistant(seed=5).save_pretrained(tmp_path, safe_serialization=True)
     loaded = load(str(tmp_path), "cpu", "float32")

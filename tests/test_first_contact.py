@@ -121,7 +121,7 @@ async def test_the_answer_is_for_the_snapshot_even_if_the_document_closes(tiny_q
 
 
 def test_cache_mb_takes_effect_at_run_time(tiny_qwen_dir):
-    from gemma_lsp.server import GemmaServer
+    from gemma_lsp.lsp.server import GemmaServer
 
     ls = GemmaServer({"model": str(tiny_qwen_dir), "dtype": "float32"})
     completer = ls.ensure_completer()
@@ -137,7 +137,7 @@ def test_background_work_is_kept_alive():
     collected mid-run. The server keeps one until the task ends."""
     import gc
 
-    from gemma_lsp.server import GemmaServer
+    from gemma_lsp.lsp.server import GemmaServer
 
     ls = GemmaServer()
 
@@ -159,7 +159,7 @@ def test_background_work_is_kept_alive():
 
 
 def test_offline_mode_holds_before_any_hugging_face_import():
-    code = ("import gemma_lsp.server, huggingface_hub.constants as c, transformers.utils.hub as h; "
+    code = ("import gemma_lsp.lsp.server, huggingface_hub.constants as c, transformers.utils.hub as h; "
             "assert c.HF_HUB_OFFLINE is True, c.HF_HUB_OFFLINE; assert h.is_offline_mode(); print('offline')")
     env = {**os.environ, "HF_HUB_OFFLINE": "0", "TRANSFORMERS_OFFLINE": "0"}  # a user's environment says online
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
@@ -169,7 +169,7 @@ def test_offline_mode_holds_before_any_hugging_face_import():
 def test_a_request_preempts_background_work_between_chunks():
     """The warm-up sees its event set as soon as a request is scheduled, and the request
     runs right after the chunk in progress."""
-    from gemma_lsp.scheduler import Scheduler
+    from gemma_lsp.lsp.scheduler import Scheduler
 
     sched = Scheduler()
     chunks: list[int] = []
@@ -224,7 +224,7 @@ def test_a_request_queued_behind_the_model_load_is_not_late():
 
     import pytest
 
-    from gemma_lsp.scheduler import Overdue, Scheduler
+    from gemma_lsp.lsp.scheduler import Overdue, Scheduler
 
     async def main():
         sched = Scheduler()

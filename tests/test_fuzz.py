@@ -139,7 +139,7 @@ async def test_an_oversized_message_is_dropped_in_pieces(monkeypatch):
     step), a request whose id is at the top gets -32600, a notification gets nothing."""
     import asyncio
 
-    from gemma_lsp import framing
+    from gemma_lsp.lsp import framing
 
     monkeypatch.setattr(framing, "MAX_BODY", 100)
     monkeypatch.setattr(framing, "PIECE", 7)

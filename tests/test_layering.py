@@ -1,8 +1,9 @@
 """What each layer may import, read from the source (ast), so a change that breaks a rule
 of ARCHITECTURE.md fails here rather than in a review.
 
-- The engine knows token ids only: nothing of the LSP side (server, documents, prompts,
-  completer, backends, settings, benchmarks, CLI).
+- Each folder imports only what ARCHITECTURE.md's layer table allows (`ALLOWED`): the
+  engine knows token ids only (nothing of lsp/, complete/, models/, backends/, settings,
+  CLI), complete/ and everything below it import no pygls or lsprotocol.
 - The package never imports the benchmarks (`benchmarks/`, outside the wheel), and the
   benchmarks never import the CLI (`gemma-lsp bench` runs them as a child process).
 - No module imports another's private (`_name`) names: what is shared gets a public name
@@ -19,8 +20,18 @@ from pathlib import Path
 REPO = Path(__file__).parent.parent
 ROOT = REPO / "gemma_lsp"
 BENCH = REPO / "benchmarks"
-LSP_SIDE = {"server", "framing", "scheduler", "stats", "completer", "context", "prompt", "postprocess", "text",
-            "backends", "bench", "cli", "doctor", "config", "threads", "logs"}
+# What each folder may import of the package ("" is the package's __init__: its version).
+# The engine and quant know token ids and tensors only; models/ knows files; backends/
+# run a GenerateRequest somewhere; complete/ is text in, text out; lsp/ is the editor's side.
+ALLOWED = {
+    "quant": {"", "quant", "paths", "errors"},
+    "engine": {"", "engine", "quant", "paths", "errors", "names", "faults"},
+    "models": {"", "models", "engine", "quant", "paths", "errors", "names"},
+    "backends": {"", "backends", "engine", "models", "config", "paths", "errors", "names", "threads", "faults"},
+    "complete": {"", "complete", "backends", "engine", "models", "config", "text", "errors", "names", "faults"},
+    "lsp": {"", "lsp", "complete", "engine", "config", "text", "errors", "faults", "threads"},
+}
+NO_LSP_LIBRARIES = ("quant", "engine", "models", "backends", "complete")  # pygls and lsprotocol stay in lsp/
 
 
 def _modules() -> dict[str, Path]:
@@ -61,10 +72,21 @@ def _top(name: str) -> str:
     return name.split(".")[1] if name.count(".") >= 1 else ""
 
 
-def test_the_engine_imports_nothing_of_the_lsp_side():
-    bad = {(m, dep) for m, deps in _graph().items() if m.startswith("gemma_lsp.engine")
-           for dep in deps if _top(dep) in LSP_SIDE}
+def test_each_folder_imports_only_what_architecture_md_allows():
+    bad = {(m, dep) for m, deps in _graph().items() if m.startswith("gemma_lsp.") and _top(m) in ALLOWED
+           for dep in deps if dep.startswith("gemma_lsp") and _top(dep) not in ALLOWED[_top(m)]}
     assert not bad, sorted(bad)
+
+
+def test_below_the_lsp_folder_nothing_imports_pygls():
+    bad = []
+    for name, f in _modules().items():
+        if name.startswith("gemma_lsp.") and _top(name) in NO_LSP_LIBRARIES:
+            for node in ast.walk(ast.parse(f.read_text())):
+                mods = ([node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else
+                        [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+                bad += [f"{name}: {m}" for m in mods if m.split(".")[0] in ("pygls", "lsprotocol")]
+    assert not bad, bad
 
 
 def test_the_benchmarks_never_import_the_cli():

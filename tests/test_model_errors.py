@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gemma_lsp import convert, default_model
+from gemma_lsp.models import convert
+from gemma_lsp.models import default as default_model
 from gemma_lsp.errors import ModelError
 
 

@@ -67,8 +67,8 @@ def test_safetensors_with_a_wrong_shape_is_a_clear_error(tiny_qwen_dir, tmp_path
 
 
 def test_a_damaged_retrieval_index_is_rebuilt_not_fatal(tmp_path):
-    from gemma_lsp import corpus
-    from gemma_lsp.engine.models import load_tokenizer
+    from gemma_lsp.models import corpus
+    from gemma_lsp.models.loader import load_tokenizer
 
     tok, _ = load_tokenizer(str(need_default_model()))
     root = tmp_path / "lib"
@@ -94,7 +94,7 @@ def _check_cache(cache: Path) -> dict[str, bool]:
     """Whatever a killed prepare left: every file under a final name must be whole."""
     from safetensors import safe_open
 
-    from gemma_lsp.convert import MARKER
+    from gemma_lsp.models.convert import MARKER
 
     found = {"bf16": False, "quant": False, "index": False, "curve": False}
     models = cache / "models"
@@ -121,7 +121,7 @@ def _check_cache(cache: Path) -> dict[str, bool]:
 
 
 def _bf16_ready(cache: Path) -> bool:
-    from gemma_lsp.convert import MARKER
+    from gemma_lsp.models.convert import MARKER
 
     models = cache / "models"
     return models.exists() and any((d / MARKER).is_file() for d in models.iterdir() if d.is_dir())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gemma_lsp.engine.models import pick_dtype, pick_device, resolve, same_vocab
+from gemma_lsp.models.loader import pick_dtype, pick_device, resolve, same_vocab
 from gemma_lsp.errors import ModelError
 
 

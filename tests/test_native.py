@@ -403,7 +403,7 @@ def test_a_weights_file_of_an_older_format_runs_and_is_marked_for_rebuilding(tin
     from safetensors.torch import save_file
     from transformers import AutoModelForCausalLM
 
-    from gemma_lsp.convert import missing
+    from gemma_lsp.models.convert import missing
     from gemma_lsp.quant.model import QUANT_FILE, attach, is_current
 
     path, hf, _ = tiny_blocks

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gemma_lsp.postprocess import postprocess, single_line_wanted
+from gemma_lsp.complete.postprocess import postprocess, single_line_wanted
 
 # --- single_line_wanted ---------------------------------------------------------------------
 
@@ -133,7 +133,7 @@ def test_a_gap_ends_where_it_leaves_the_cursors_indentation():
     suffix = "\n\n    result = []\n    for n in numbers[:-1]:\n        result.append(n)\n    return result\n"
     raw = "return []\n    if len(numbers) == 1:\n        return numbers\n"
     assert postprocess(raw, line_prefix, suffix, single_line=False) == "return []"
-    from gemma_lsp.postprocess import block_ended
+    from gemma_lsp.complete.postprocess import block_ended
     assert not block_ended("return []\n", line_prefix, suffix)
     assert block_ended("return []\n    if", line_prefix, suffix)  # decoding stops at the dedent
     # At the end of a file the block may still close into the function's level.
@@ -141,7 +141,7 @@ def test_a_gap_ends_where_it_leaves_the_cursors_indentation():
 
 
 def test_block_ended_when_the_text_starts_repeating_the_suffix():
-    from gemma_lsp.postprocess import block_ended
+    from gemma_lsp.complete.postprocess import block_ended
 
     suffix = "\n    total = sum(xs)\n    return total / len(xs)\n"
     assert not block_ended("xs = list(xs)\n    total = su", "    ", suffix)  # a line still being written
@@ -206,7 +206,7 @@ def test_dedent_trusts_the_editors_indentation_over_the_models_first_line():
 
 
 def test_block_ended_agrees_with_the_cut():
-    from gemma_lsp.postprocess import block_ended
+    from gemma_lsp.complete.postprocess import block_ended
 
     body = "a, b = 0, 1\n    return b\n"
     assert not block_ended(body, "    ", "\n")

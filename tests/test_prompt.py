@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gemma_lsp.prompt import TEMPLATES, Prompter, detect_family, heal_cut
+from gemma_lsp.complete.prompt import TEMPLATES, Prompter, detect_family, heal_cut
 
 # --- detect_family ------------------------------------------------------------------------------
 
@@ -82,7 +82,7 @@ def _qwen_dir() -> Path | None:
     if os.environ.get("GEMMA_LSP_CACHE"):
         candidates.append(Path(os.environ["GEMMA_LSP_CACHE"]) / "models" / "qwen2.5-coder-1.5b-instruct-bf16")
     try:
-        from gemma_lsp.default_model import prepared_dir
+        from gemma_lsp.models.default import prepared_dir
 
         candidates.append(prepared_dir())
     except Exception:  # noqa: BLE001 - only a location hint

@@ -12,8 +12,8 @@ import torch
 
 from benchmarks import humaneval as he
 from gemma_lsp.engine import Engine, GenerateRequest
-from gemma_lsp.engine.models import load
-from gemma_lsp.prompt import Prompter
+from gemma_lsp.models.loader import load
+from gemma_lsp.complete.prompt import Prompter
 
 pytestmark = pytest.mark.slow
 DRAFTERS = ("ngram", "suggestion", "auto")

@@ -25,12 +25,12 @@ import importlib.util
 import pytest
 import torch
 
-from gemma_lsp import default_model
+from gemma_lsp.models import default as default_model
 from benchmarks.drift import CLEAR_GAP, all_logits, fim_prompts, kl, llama_cpp_logits, quant_logits
 from gemma_lsp.engine import Engine, GenerateRequest
 from gemma_lsp.engine.costs import CostCurve
-from gemma_lsp.engine.models import load
-from gemma_lsp.prompt import Prompter
+from gemma_lsp.models.loader import load
+from gemma_lsp.complete.prompt import Prompter
 from gemma_lsp.quant import native
 from gemma_lsp.quant.linear import set_max_rows
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gemma_lsp import corpus
+from gemma_lsp.models import corpus
 from gemma_lsp.config import Settings
 from gemma_lsp.engine import Engine, GenerateRequest
 from gemma_lsp.engine.retrieval import ORDER, RetrievalDrafter, TokenIndex
@@ -125,7 +125,7 @@ def test_the_retrieval_setting_is_checked():
 
 def test_switching_the_corpus_keeps_the_model(tiny_qwen_dir, monkeypatch):
     """retrieval is not part of the engine key: the server switches it on the loaded engine."""
-    from gemma_lsp.completer import Completer
+    from gemma_lsp.complete.completer import Completer
 
     small = TokenIndex(np.arange(3, 40))
     monkeypatch.setattr(corpus, "index_for", lambda tok: small)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gemma_lsp.engine.models import load
+from gemma_lsp.models.loader import load
 from wire import Wire
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -28,7 +28,7 @@ def test_notifications_leave_no_handler_futures_behind(monkeypatch):
     through the real protocol object, in-process so the table can be counted."""
     import asyncio
 
-    from gemma_lsp.server import create_server
+    from gemma_lsp.lsp.main import create_server
 
     monkeypatch.setenv("GEMMA_LSP_LAZY_LOAD", "1")  # no model: only the protocol is under test
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from gemma_lsp.engine import Stats
-from gemma_lsp.stats import ServerStats
+from gemma_lsp.lsp.stats import ServerStats
 
 
 def test_latency_is_null_before_any_completion_then_measured() -> None:

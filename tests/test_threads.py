@@ -100,7 +100,7 @@ def test_library_use_does_not_count_as_an_engine(tiny_qwen_dir, tmp_path, monkey
     """Only `serve` and `engine` register: a test or a script that builds a server in its own
     process must not halve the threads of every server it starts."""
     from gemma_lsp import threads
-    from gemma_lsp.server import GemmaServer
+    from gemma_lsp.lsp.server import GemmaServer
 
     monkeypatch.setenv("GEMMA_LSP_CACHE", str(tmp_path))
     ls = GemmaServer({"model": str(tiny_qwen_dir), "dtype": "float32"})

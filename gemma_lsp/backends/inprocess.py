@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .. import corpus
 from ..config import Settings
 from ..engine import Engine
-from ..engine.costs import CostCurve, curve_for
-from ..engine.models import Loaded, load, same_vocab
+from ..engine.costs import CostCurve
 from ..errors import ModelError
+from ..models import corpus
+from ..models.cost_cache import curve_for
+from ..models.loader import Loaded, load, same_vocab
 
 
 @dataclass

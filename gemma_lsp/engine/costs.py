@@ -1,4 +1,4 @@
-"""What a target forward of m tokens costs on this machine, measured once and kept on disk.
+"""What a target forward of m tokens costs on this machine, and the draft length it implies.
 
 Speculation pays only if the tokens a verify forward yields outweigh its cost. With
 per-token acceptance a, a draft of k tokens yields on average
@@ -9,27 +9,18 @@ draft length maximizes E(k) / cost(k + 1), and it is 0 (no draft) when nothing b
 all rows) but steep for integer weight-only kernels (they dequantize per row), which
 is why it is measured rather than assumed. A model with HybridLinear layers is
 measured on both paths and switches at the cheaper one (HybridLinear.max_rows).
+Keeping a curve on disk per machine is the model layer's (models/cost_cache.py).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import platform
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
-from ..paths import models_dir, write_atomic
 from ..quant.linear import HybridLinear, set_max_rows
-
-if TYPE_CHECKING:
-    from .models import Loaded
 
 ROWS = (1, 2, 3, 4, 6, 8, 12, 17)  # measured; others are interpolated
 CONTEXT = 128  # tokens already in the cache when measuring (attention cost is small next to weights)
@@ -104,32 +95,3 @@ def measure(model: torch.nn.Module, rows: Sequence[int] = ROWS, reps: int = 3) -
             break
     set_max_rows(model, switch)
     return CostCurve({m: min(quant[m], dense[m]) if m <= switch else dense[m] for m in rows}, switch)
-
-
-def cached_measure(model: torch.nn.Module, key: str, directory: Path, refresh: bool = False) -> CostCurve:
-    """`measure`, remembered per (model, weights, torch, CPU) in `directory`.
-
-    Measured on a busy machine, the curve is skewed: `gemma-lsp prepare --remeasure` redoes it."""
-    ident = f"{key}|{torch.__version__}|{platform.processor()}|{platform.machine()}|{torch.get_num_threads()}|{os.cpu_count()}"
-    path = directory / f"cost-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.json"
-    try:
-        if refresh:
-            raise OSError("asked to measure again")
-        data = json.loads(path.read_text())
-        curve = CostCurve({int(k): float(v) for k, v in data["ms"].items()}, int(data["max_rows"]))
-        set_max_rows(model, curve.max_rows)
-        return curve
-    except (OSError, ValueError, KeyError):
-        pass
-    curve = measure(model)
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, json.dumps({"ident": ident, "ms": curve.ms, "max_rows": curve.max_rows}, indent=1))
-    except OSError:
-        pass  # a read-only cache only costs the measurement next time
-    return curve
-
-
-def curve_for(loaded: "Loaded", refresh: bool = False) -> CostCurve:
-    """The cached curve of a loaded model, keyed by its directory and what its Linears run."""
-    return cached_measure(loaded.model, f"{loaded.path}|{loaded.weights}", models_dir(), refresh)

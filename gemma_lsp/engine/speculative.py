@@ -23,12 +23,21 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..names import DRAFTERS
 from .. import faults
+from ..names import DRAFTERS
 from .cache import PrefixCache, restore, truncate
 from .costs import CostCurve
-from .drafters import (AssistantDrafter, AutoDrafter, Draft, Drafter, DraftLength, ModelDrafter, NGramDrafter, NoDrafter,
-                       SuggestionDrafter)
+from .drafters import (
+    AssistantDrafter,
+    AutoDrafter,
+    Draft,
+    Drafter,
+    DraftLength,
+    ModelDrafter,
+    NGramDrafter,
+    NoDrafter,
+    SuggestionDrafter,
+)
 from .retrieval import RetrievalDrafter, TokenIndex
 
 PREFILL_CHUNK = 256  # tokens per prefill forward: a cancel lands between chunks

@@ -32,7 +32,7 @@ from typing import Any, BinaryIO
 
 from lsprotocol.types import METHOD_TO_TYPES
 
-log = logging.getLogger("gemma_lsp.framing")
+log = logging.getLogger("gemma_lsp.lsp.framing")
 
 MAX_HEADER = 8 * 1024  # bytes in one header line; longer ones are garbage
 MAX_BODY = 128 * 1024 * 1024  # bytes in one message: a 20 MB document fits with room to spare

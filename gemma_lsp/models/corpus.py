@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .engine.retrieval import TokenIndex
-from .paths import models_dir
+from ..engine.retrieval import TokenIndex
+from ..paths import models_dir
 
 FORMAT = "gemma-lsp-retrieval/1"
 LANGUAGES = frozenset({"python"})  # what the corpus is written in

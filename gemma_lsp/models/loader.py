@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from .. import default_model
-from ..convert import assemble, make_missing, missing
 from ..errors import ModelError, first_line
 from ..paths import models_dir
 from ..quant import lean, native
 from ..quant.model import KINDS, attach, quant_path
+from . import default as default_model
+from .convert import assemble, make_missing, missing
 
 # Preset -> (target HF repo, draft HF repo or None), resolved from the local HF cache only.
 PRESETS: dict[str, tuple[str, str | None]] = {

@@ -16,8 +16,8 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from .errors import ModelError, first_line, write_failed
-from .paths import os_error_in
+from ..errors import ModelError, first_line, write_failed
+from ..paths import os_error_in
 
 MARKER = "gemma_lsp.json"  # written last inside a prepared directory
 CHUNK = 8 << 20
@@ -90,7 +90,7 @@ def convert_gguf(gguf: Path, dest: Path, source: dict[str, object]) -> Path:
 
 def missing(dest: Path, quant: bool, force: bool = False) -> tuple[bool, bool]:
     """(bf16 copy to make, GGUF-weights file to make) for a directory prepared from a GGUF."""
-    from .quant.model import is_current, quant_path
+    from ..quant.model import is_current, quant_path
 
     need_bf16 = force or not is_prepared(dest)
     return need_bf16, quant and (need_bf16 or not is_current(quant_path(dest)))
@@ -98,7 +98,7 @@ def missing(dest: Path, quant: bool, force: bool = False) -> tuple[bool, bool]:
 
 def make_missing(gguf: Path, dest: Path, source: dict[str, object], need: tuple[bool, bool]) -> Path:
     """Write what `missing` said is missing, from the GGUF file at hand."""
-    from .quant.model import build
+    from ..quant.model import build
 
     need_bf16, need_quant = need
     if need_bf16:

@@ -6,7 +6,7 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 
-from .engine import Stats
+from ..engine import Stats
 
 
 def percentile(xs: list[float], q: float) -> float | None:

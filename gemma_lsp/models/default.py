@@ -13,9 +13,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from ..errors import ModelError
+from ..paths import models_dir
 from .convert import assemble, make_missing, missing
-from .errors import ModelError
-from .paths import models_dir
 
 NAME = "qwen2.5-coder-1.5b-instruct"
 PARTS = 22

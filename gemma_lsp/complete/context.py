@@ -14,7 +14,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .text import line_starts
+from ..text import line_starts
 
 STEP = 16  # lines; window edges only move in these jumps
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import ModelError
+from ..errors import ModelError
 
 
 @dataclass(frozen=True)

@@ -12,16 +12,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import corpus
-from .config import Settings
+from .. import faults
+from ..backends import Backend, inprocess
+from ..backends.factory import open_backend
+from ..config import Settings
+from ..engine import GenerateRequest, Stats
+from ..models import corpus
 from .context import Chunk, select_extras, windows
-from .backends import Backend, inprocess
-from .backends.http import Http
-from .backends.local import LocalBackend
-from .backends.openai import OpenAIBackend, api_headers
-from .engine import GenerateRequest, Stats
-from .engine.models import load_tokenizer
-from . import faults
 from .postprocess import block_ended, postprocess, single_line_wanted
 from .prompt import Prompter
 
@@ -110,16 +107,8 @@ class Completer:
 
     @classmethod
     def from_settings(cls, settings: Settings, layout: str = "", heal: bool = True) -> "Completer":
-        if settings.backend == "inprocess":
-            built = inprocess.from_settings(settings)
-            return cls(built.target.tokenizer, built.engine, built.target.name, layout, heal, built)
-        tokenizer, name = load_tokenizer(settings.model)  # prompts are built here, ids computed there
-        if settings.backend == "local":
-            backend: Backend = LocalBackend(settings, tokenizer)
-        else:
-            backend = OpenAIBackend(Http(settings.backend, api_headers(settings.api_key_env)), tokenizer,
-                                    settings.backend_model)
-        return cls(tokenizer, backend, name, layout, heal)
+        opened = open_backend(settings)
+        return cls(opened.tokenizer, opened.backend, opened.name, layout, heal, opened.built)
 
     def apply(self, settings: Settings) -> None:
         """Settings that take effect without reloading the model (in-process only: the

@@ -1,0 +1,52 @@
+"""A loaded model's forward-cost curve, measured once per machine and kept on disk.
+
+The curve decides the hybrid switch and the draft length (engine/costs.py); measuring it
+takes ~20 s, so it is remembered per (model, weights, torch, CPU, threads).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..engine.costs import CostCurve, measure
+from ..paths import models_dir, write_atomic
+from ..quant.linear import set_max_rows
+
+if TYPE_CHECKING:
+    from .loader import Loaded
+
+
+def cached_measure(model: torch.nn.Module, key: str, directory: Path, refresh: bool = False) -> CostCurve:
+    """`measure`, remembered per (model, weights, torch, CPU) in `directory`.
+
+    Measured on a busy machine, the curve is skewed: `gemma-lsp prepare --remeasure` redoes it."""
+    ident = f"{key}|{torch.__version__}|{platform.processor()}|{platform.machine()}|{torch.get_num_threads()}|{os.cpu_count()}"
+    path = directory / f"cost-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.json"
+    try:
+        if refresh:
+            raise OSError("asked to measure again")
+        data = json.loads(path.read_text())
+        curve = CostCurve({int(k): float(v) for k, v in data["ms"].items()}, int(data["max_rows"]))
+        set_max_rows(model, curve.max_rows)
+        return curve
+    except (OSError, ValueError, KeyError):
+        pass
+    curve = measure(model)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps({"ident": ident, "ms": curve.ms, "max_rows": curve.max_rows}, indent=1))
+    except OSError:
+        pass  # a read-only cache only costs the measurement next time
+    return curve
+
+
+def curve_for(loaded: "Loaded", refresh: bool = False) -> CostCurve:
+    """The cached curve of a loaded model, keyed by its directory and what its Linears run."""
+    return cached_measure(loaded.model, f"{loaded.path}|{loaded.weights}", models_dir(), refresh)
