@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from gemma_lsp.config import FIELDS
+
 UTF16 = "utf-16"
 IO_TIMEOUT_S = 600.0  # a single answer never takes this long; a hung server must not hang the bench
 
@@ -74,15 +76,9 @@ class Session:
 
 
 def server_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings a bench passes to the server: only those given on its command line."""
-    opts = {
-        "model": getattr(args, "model", None), "draftModel": getattr(args, "draft_model", None),
-        "drafter": getattr(args, "drafter", None), "maxTokens": getattr(args, "max_tokens", None),
-        "dtype": getattr(args, "dtype", None), "device": getattr(args, "device", None),
-        "timeBudgetMs": getattr(args, "time_budget_ms", None), "backend": getattr(args, "backend", None),
-        "backendModel": getattr(args, "backend_model", None), "apiKeyEnv": getattr(args, "api_key_env", None),
-    }
-    return {k: v for k, v in opts.items() if v is not None}
+    """The settings a bench passes to the server: those of the schema given on its command
+    line (a bench's flag has the setting's field name as its dest)."""
+    return {key: getattr(args, f.name) for key, f in FIELDS.items() if getattr(args, f.name, None) is not None}
 
 
 @contextlib.asynccontextmanager

@@ -9,43 +9,36 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from .config import COMPLETE_BUDGET_MS, DRAFTERS, RETRIEVAL, SINGLE_LINE, Settings
+from .config import COMPLETE_BUDGET_MS, FIELDS, RETRIEVAL, Settings
 from .errors import GemmaLspError, exit_status
 
+MODEL_FLAGS = ("model", "draftModel", "drafter", "maxTokens", "dtype", "device", "retrieval")
+BACKEND_FLAGS = ("backend", "backendModel", "apiKeyEnv")
 
-def _flags(args: argparse.Namespace) -> dict[str, object]:
+
+def add_setting_flags(p: argparse.ArgumentParser, keys: tuple[str, ...], **defaults: Any) -> None:
+    """`--kebab-case` flags for settings, generated from the schema (config.FIELDS): its
+    help, choices and type. A flag left out is None, so the client's setting stands."""
+    for key in keys:
+        f = FIELDS[key]
+        check = f.metadata["check"]
+        default = defaults.get(f.name)
+        shown = default if default is not None else f.default
+        p.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=default,
+                       choices=getattr(check, "choices", None), type=getattr(check, "kind", str),
+                       help=f.metadata["doc"] + (f" (default {shown})" if shown is not None else ""))
+
+
+def flag_settings(args: argparse.Namespace) -> dict[str, object]:
     """The settings given on the command line (they override the client's)."""
-    return {k: v for k, v in {
-        "model": getattr(args, "model", None), "draftModel": getattr(args, "draft_model", None),
-        "drafter": getattr(args, "drafter", None), "maxTokens": getattr(args, "max_tokens", None),
-        "dtype": getattr(args, "dtype", None), "device": getattr(args, "device", None),
-        "singleLine": getattr(args, "single_line", None),
-        "timeBudgetMs": getattr(args, "time_budget_ms", None), "retrieval": getattr(args, "retrieval", None),
-        "backend": getattr(args, "backend", None), "backendModel": getattr(args, "backend_model", None),
-        "apiKeyEnv": getattr(args, "api_key_env", None), "cacheMb": getattr(args, "cache_mb", None),
-    }.items() if v is not None}
+    return {key: getattr(args, f.name) for key, f in FIELDS.items()
+            if f.metadata["flag"] and getattr(args, f.name, None) is not None}
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    return Settings().merged(_flags(args))
-
-
-def _model_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", help="HF model directory, .gguf file, or preset (default: embedded Qwen2.5-Coder-1.5B)")
-    p.add_argument("--draft-model", help="draft model (same tokenizer as --model) for --drafter model")
-    p.add_argument("--drafter", choices=DRAFTERS, help="speculative drafter (default auto)")
-    p.add_argument("--max-tokens", type=int, help="maximum new tokens (default 64)")
-    p.add_argument("--dtype", help="auto (CPU: a GGUF model runs its own int4/int8 weights) | gguf | bfloat16 | float32 | float16")
-    p.add_argument("--device", help="auto | cpu | cuda")
-    p.add_argument("--retrieval", choices=RETRIEVAL, help="retrieval drafts for Python: stdlib (default) | none")
-
-
-def _backend_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", help="inprocess (default) | local (one shared engine per user and model) | "
-                                     "an OpenAI-compatible server's base URL, e.g. http://127.0.0.1:8000/v1")
-    p.add_argument("--backend-model", help="the model name the server serves (default: the first of /v1/models)")
-    p.add_argument("--api-key-env", help="name of the environment variable that holds the server's API key")
+def settings_of(args: argparse.Namespace) -> Settings:
+    return Settings().merged(flag_settings(args))
 
 
 def parse_location(loc: str) -> tuple[Path, int, int]:
@@ -82,7 +75,7 @@ def cmd_complete(args: argparse.Namespace) -> int:
     except UnicodeDecodeError:
         raise GemmaLspError(f"{path} is not UTF-8 text") from None
     offset = cursor_offset(text, line, col)
-    settings = _settings(args)
+    settings = settings_of(args)
     t0 = time.perf_counter()
     completer = Completer.from_settings(settings)
     load_ms = (time.perf_counter() - t0) * 1e3
@@ -146,8 +139,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from .lsp.logs import withhold_protocol_values
 
         withhold_protocol_values()
-    _settings(args)  # validate flags before starting
-    serve(_flags(args), tcp_port=args.tcp)
+    settings_of(args)  # validate flags before starting
+    serve(flag_settings(args), tcp_port=args.tcp)
     return 0
 
 
@@ -158,7 +151,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
     from .backends.local import hold_lock, socket_path
 
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    settings = _settings(args)
+    settings = settings_of(args)
     path = Path(args.socket) if args.socket else socket_path(settings)
     lock = hold_lock(path)
     if lock is None:  # started twice at once: the first one serves
@@ -180,7 +173,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import doctor
 
-    return doctor(_settings(args))
+    return doctor(settings_of(args))
 
 
 def benchmarks_root(package: Path = Path(__file__).resolve().parent) -> Path:
@@ -209,8 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     s = sub.add_parser("serve", help="run the language server (LSP over stdio)")
-    _model_flags(s)
-    _backend_flags(s)
+    add_setting_flags(s, MODEL_FLAGS + BACKEND_FLAGS)
     s.add_argument("--tcp", type=int, metavar="PORT", help="listen on 127.0.0.1:PORT instead of stdio")
     s.add_argument("--verbose", action="store_true", help="debug logging to stderr (prompts only with logPrompts)")
     s.add_argument("--log-protocol", action="store_true", help="log every LSP message, document text included")
@@ -218,11 +210,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("complete", help="complete FILE at LINE:COL (1-based, COL in characters)")
     c.add_argument("location", metavar="FILE:LINE:COL")
-    _model_flags(c)
-    _backend_flags(c)
-    c.add_argument("--single-line", choices=SINGLE_LINE)
-    c.add_argument("--time-budget-ms", type=int, default=COMPLETE_BUDGET_MS,
-                   help=f"decoding time budget (default {COMPLETE_BUDGET_MS})")
+    add_setting_flags(c, MODEL_FLAGS + BACKEND_FLAGS + ("singleLine", "timeBudgetMs"),
+                      time_budget_ms=COMPLETE_BUDGET_MS)
     c.add_argument("--json", action="store_true", help="print one JSON object with the text and stats")
     c.add_argument("--repeat", type=int, default=1, help="complete N times in one process (shows warm-cache speed)")
     c.set_defaults(func=cmd_complete)
@@ -235,15 +224,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_prepare)
 
     e = sub.add_parser("engine", help="run the shared engine daemon (serve --backend local starts it by itself)")
-    _model_flags(e)
-    e.add_argument("--cache-mb", type=int, help="KV prefix cache size in MiB (default 2048)")
+    add_setting_flags(e, MODEL_FLAGS + ("cacheMb",))
     e.add_argument("--socket", help="Unix socket path (default: one per user and model in the runtime dir)")
     e.add_argument("--idle-exit", type=float, default=300.0, help="exit this many seconds after the last client leaves")
     e.set_defaults(func=cmd_engine)
 
     d = sub.add_parser("doctor", help="check the installation and say how to fix what is missing")
     d.add_argument("--model", help="the model the backend checks are for (local: which daemon)")
-    _backend_flags(d)
+    add_setting_flags(d, BACKEND_FLAGS)
     d.set_defaults(func=cmd_doctor)
 
     b = sub.add_parser("bench", add_help=False,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,30 +22,113 @@ COMPLETE_BUDGET_MS = 120_000  # `gemma-lsp complete` (and its benchmark referenc
 DTYPES = ("auto", "gguf", "bfloat16", "bf16", "float32", "fp32", "float16", "fp16")  # what engine.models.pick_dtype takes
 
 
+# --- checks: each takes (wire key, value) and returns the value to keep, or raises --------
+
+Check = Callable[[str, Any], Any]
+
+
+def optional_str(key: str, value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise GemmaLspError(f"{key} must be a string or null")
+    return value or None
+
+
+def choice(*allowed: str) -> Check:
+    def check(key: str, value: Any) -> str:
+        if value not in allowed:
+            raise GemmaLspError(f"{key} must be one of {', '.join(allowed)}; got {value!r}")
+        return value
+    check.choices = allowed  # type: ignore[attr-defined]  # the CLI's choices and the editors' enums
+    return check
+
+
+def positive_int(most: int | None = None) -> Check:
+    def check(key: str, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise GemmaLspError(f"{key} must be a positive integer; got {value!r}")
+        if most is not None and value > most:
+            raise GemmaLspError(f"{key} must be at most {most}")
+        return value
+    check.kind = int  # type: ignore[attr-defined]
+    return check
+
+
+def number(most: float | None = None) -> Check:
+    """A non-negative number; with `most`, in (0, most]."""
+    def check(key: str, value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise GemmaLspError(f"{key} must be a non-negative number")
+        if most is not None and not 0 < value <= most:
+            raise GemmaLspError(f"{key} must be in (0, {most:g}]")
+        return float(value)
+    check.kind = float  # type: ignore[attr-defined]
+    return check
+
+
+def boolean(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise GemmaLspError(f"{key} must be true or false")
+    return value
+
+
+def device_name(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise GemmaLspError(f"{key} must be a string")
+    return value
+
+
+def backend_value(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not (value in BACKENDS or value.startswith(("http://", "https://"))):
+        raise GemmaLspError(f"backend must be {' or '.join(map(repr, BACKENDS))} or an http(s):// base URL; got {value!r}")
+    return value.rstrip("/") if value.startswith("http") else value
+
+
+def env_name(key: str, value: Any) -> str | None:
+    if value is not None and not (isinstance(value, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value)):
+        raise GemmaLspError(f"apiKeyEnv must name an environment variable (the key itself never goes in settings); got {value!r}")
+    return value or None
+
+
+def setting(default: Any, check: Check, doc: str, *, flag: bool = False, reload: bool = False) -> Any:
+    """One setting's whole schema: default, check, what it means (the CLI's help), whether
+    the commands take it as a flag, and whether changing it reloads the model (engine key)."""
+    return dataclasses.field(default=default, metadata={"check": check, "doc": doc, "flag": flag, "reload": reload})
+
+
 @dataclass(frozen=True)
 class Settings:
-    model: str | None = None  # path to a HF dir or .gguf, a preset name, or None for the default
-    draft_model: str | None = None
-    drafter: str = "auto"
-    max_tokens: int = 64
-    single_line: str = "auto"
-    time_budget_ms: int = 1800  # per completion: keeps keystroke latency p95 near 2 s on a 2-core CPU
-    temperature: float = 0.0
-    top_p: float = 1.0
-    prefix_tokens: int = 1024
-    suffix_tokens: int = 256
-    extra_tokens: int = 512
-    dtype: str = "auto"  # auto (CPU: a GGUF's own weights; GPU: bf16) | gguf | bfloat16 | float32 | float16
-    device: str = "auto"  # auto | cpu | cuda
-    cache_mb: int = 2048
-    log_prompts: bool = False
-    stop_at_block_end: bool = True  # multi-line: stop decoding once the text leaves the cursor's block
-    retrieval: str = "stdlib"  # retrieval drafts for Python from the standard library | "none"
+    model: str | None = setting(None, optional_str, "HF model directory, .gguf file, or preset "
+                                "(default: the embedded Qwen2.5-Coder-1.5B)", flag=True, reload=True)
+    draft_model: str | None = setting(None, optional_str, "draft model (same tokenizer as the model) for the "
+                                      "model drafter", flag=True, reload=True)
+    drafter: str = setting("auto", choice(*DRAFTERS), "speculative drafter", flag=True)
+    max_tokens: int = setting(64, positive_int(1024), "maximum new tokens", flag=True)
+    single_line: str = setting("auto", choice(*SINGLE_LINE), "auto: only the current line when text follows the "
+                               "cursor", flag=True)
+    # per completion: keeps keystroke latency p95 near 2 s on a 2-core CPU
+    time_budget_ms: int = setting(1800, positive_int(), "decoding time budget, the prompt pass not counted", flag=True)
+    temperature: float = setting(0.0, number(), "0 is greedy")
+    top_p: float = setting(1.0, number(1.0), "nucleus sampling")
+    prefix_tokens: int = setting(1024, positive_int(), "prompt budget before the cursor")
+    suffix_tokens: int = setting(256, positive_int(), "prompt budget after the cursor")
+    extra_tokens: int = setting(512, positive_int(), "prompt budget for other open files")
+    dtype: str = setting("auto", choice(*DTYPES), "auto (CPU: a GGUF model runs its own int4/int8 weights) | gguf | "
+                         "bfloat16 | float32 | float16", flag=True, reload=True)
+    device: str = setting("auto", device_name, "auto | cpu | cuda", flag=True, reload=True)
+    cache_mb: int = setting(2048, positive_int(), "KV prefix cache size in MiB", flag=True)
+    log_prompts: bool = setting(False, boolean, "log prompt text at debug level")
+    stop_at_block_end: bool = setting(True, boolean, "multi-line: stop once the text leaves the cursor's block")
+    retrieval: str = setting("stdlib", choice(*RETRIEVAL), "retrieval drafts for Python from the standard library, "
+                             "or none", flag=True)
     # Who runs the model: "inprocess" (this process), "local" (one shared engine daemon per user,
     # machine and model), or the base URL of an OpenAI-compatible server ("http://127.0.0.1:8000/v1").
-    backend: str = "inprocess"
-    backend_model: str | None = None  # the model name a server serves; None: the first of its /v1/models
-    api_key_env: str | None = None  # name of the environment variable holding the server's API key
+    backend: str = setting("inprocess", backend_value, "inprocess | local (one shared engine per user and model) | "
+                           "an OpenAI-compatible server's base URL, e.g. http://127.0.0.1:8000/v1", flag=True,
+                           reload=True)
+    backend_model: str | None = setting(None, optional_str, "the model name the server serves (default: the first "
+                                        "of /v1/models)", flag=True, reload=True)
+    api_key_env: str | None = setting(None, env_name, "name of the environment variable that holds the server's "
+                                      "API key", flag=True, reload=True)
 
     def merged(self, obj: Any) -> "Settings":
         """A copy with the keys of `obj` (camelCase, optionally under "gemmaLsp") applied."""
@@ -56,9 +140,9 @@ class Settings:
             obj = obj["gemmaLsp"]
         changes: dict[str, Any] = {}
         for f in dataclasses.fields(self):
-            key = _camel(f.name)
+            key = wire_name(f.name)
             if key in obj or f.name in obj:
-                changes[f.name] = _check(f.name, obj[key] if key in obj else obj[f.name])
+                changes[f.name] = f.metadata["check"](key, obj[key] if key in obj else obj[f.name])
         return dataclasses.replace(self, **changes)
 
     def merged_lenient(self, obj: Any) -> tuple["Settings", list[str]]:
@@ -83,63 +167,18 @@ class Settings:
         """The settings that differ from the defaults, by wire name: what a user set, for the
         log (so "did my setting reach the server?" has an answer). Values only, never text."""
         default = Settings()
-        return {_camel(f.name): getattr(self, f.name) for f in dataclasses.fields(self)
+        return {wire_name(f.name): getattr(self, f.name) for f in dataclasses.fields(self)
                 if getattr(self, f.name) != getattr(default, f.name)}
 
     def engine_key(self) -> tuple[Any, ...]:
-        """Settings that need a model reload when they change."""
-        return (self.model, self.draft_model, self.dtype, self.device, self.backend, self.backend_model, self.api_key_env)
+        """Settings that need a model reload when they change (`reload=True`)."""
+        return tuple(getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata["reload"])
 
 
-def _camel(name: str) -> str:
+def wire_name(name: str) -> str:
+    """The camelCase key of a field (`time_budget_ms` -> `timeBudgetMs`)."""
     head, *rest = name.split("_")
     return head + "".join(w.title() for w in rest)
 
 
-def _check(name: str, value: Any) -> Any:
-    key = _camel(name)
-    if name in ("model", "draft_model", "backend_model"):
-        if value is not None and not isinstance(value, str):
-            raise GemmaLspError(f"{key} must be a string or null")
-        return value or None
-    if name == "backend":
-        if not isinstance(value, str) or not (value in BACKENDS or value.startswith(("http://", "https://"))):
-            raise GemmaLspError(f"backend must be {' or '.join(map(repr, BACKENDS))} or an http(s):// base URL; got {value!r}")
-        return value.rstrip("/") if value.startswith("http") else value
-    if name == "api_key_env":
-        if value is not None and not (isinstance(value, str) and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value)):
-            raise GemmaLspError(f"apiKeyEnv must name an environment variable (the key itself never goes in settings); got {value!r}")
-        return value or None
-    if name == "drafter":
-        if value not in DRAFTERS:
-            raise GemmaLspError(f"drafter must be one of {', '.join(DRAFTERS)}; got {value!r}")
-        return value
-    if name == "retrieval":
-        if value not in RETRIEVAL:
-            raise GemmaLspError(f"retrieval must be one of {', '.join(RETRIEVAL)}; got {value!r}")
-        return value
-    if name == "single_line":
-        if value not in SINGLE_LINE:
-            raise GemmaLspError(f"singleLine must be one of {', '.join(SINGLE_LINE)}; got {value!r}")
-        return value
-    if name in ("dtype", "device"):
-        if not isinstance(value, str):
-            raise GemmaLspError(f"{key} must be a string")
-        if name == "dtype" and value not in DTYPES:
-            raise GemmaLspError(f"dtype must be one of {', '.join(DTYPES)}; got {value!r}")
-        return value
-    if name in ("log_prompts", "stop_at_block_end"):
-        if not isinstance(value, bool):
-            raise GemmaLspError(f"{key} must be true or false")
-        return value
-    if name in ("temperature", "top_p"):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-            raise GemmaLspError(f"{key} must be a non-negative number")
-        if name == "top_p" and not 0 < value <= 1:
-            raise GemmaLspError("topP must be in (0, 1]")
-        return float(value)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise GemmaLspError(f"{key} must be a positive integer; got {value!r}")
-    if name == "max_tokens" and value > 1024:
-        raise GemmaLspError("maxTokens must be at most 1024")
-    return value
+FIELDS = {wire_name(f.name): f for f in dataclasses.fields(Settings)}  # the schema, by wire name

@@ -20,7 +20,9 @@ export interface ServerSettings {
   apiKeyEnv?: string;
 }
 
-export const DRAFTERS = ["auto", "none", "ngram", "suggestion", "retrieval", "model"] as const;
+// These lists mirror the server's settings schema (gemma_lsp/config.py); tests/test_settings_schema.py
+// fails when they drift apart.
+export const DRAFTERS = ["auto", "none", "ngram", "suggestion", "retrieval", "model", "gemma4-assistant"] as const;
 export type Drafter = (typeof DRAFTERS)[number];
 export const SINGLE_LINE = ["auto", "always", "never"] as const;
 export type SingleLine = (typeof SINGLE_LINE)[number];
