@@ -19,7 +19,7 @@ SINGLE_LINE = ("auto", "always", "never")
 BACKENDS = ("inprocess", "local")
 RETRIEVAL = ("stdlib", "none")
 COMPLETE_BUDGET_MS = 120_000  # `gemma-lsp complete` (and its benchmark reference) is not interactive: let the model finish
-DTYPES = ("auto", "gguf", "bfloat16", "bf16", "float32", "fp32", "float16", "fp16")  # what engine.models.pick_dtype takes
+DTYPES = ("auto", "gguf", "bfloat16", "bf16", "float32", "fp32", "float16", "fp16")  # what models.loader.pick_dtype takes
 
 
 # --- checks: each takes (wire key, value) and returns the value to keep, or raises --------

@@ -8,7 +8,7 @@ import shutil
 import sys
 import time
 
-BLOCK_TYPES = "Q4_K/Q5_K/Q6_K/Q8_0/Q5_0/Q4_0/Q4_1/Q5_1"  # what quant/kernels/ runs
+from .quant.formats import NAMES
 
 
 def _version(dist: str) -> str | None:
@@ -43,7 +43,7 @@ def doctor(settings=None) -> int:
         print(f"cores busy    {others:.1f} of {threads.CORES} with other programs now: an engine would use "
               f"{threads.share_for(others)} thread(s); {n} gemma-lsp engine(s) of this user run here"
               + (" (\"backend\": \"local\" shares one engine among windows)" if n else ""))
-        auto = "bfloat16" if cuda else f"gguf for GGUF models ({BLOCK_TYPES} decode, bf16 prompt pass), else bf16"
+        auto = "bfloat16" if cuda else f"gguf for GGUF models ({NAMES} decode, bf16 prompt pass), else bf16"
         print(f"dtype         auto = {auto}; speculative output is bit-exact on the GGUF path of "
               "Qwen2/Llama models and in float32")
     except ImportError:
@@ -79,7 +79,7 @@ def doctor(settings=None) -> int:
     sets = ("AVX512-VNNI; Q4_K/Q6_K in tiles of 16 columns, few-row attention" if "avx512_vnni" in native.cpu_flags()
             else "AVX2; few-row attention")
     print(f"CPU kernels   {state}{f': {why_not}' if why_not else f' ({sets})'} "
-          f"({BLOCK_TYPES} decode; else torch's int4/int8 kernels, slower)")
+          f"({NAMES} decode; else torch's int4/int8 kernels, slower)")
     if not why_not and not native.built():
         problems.append(("gemma-lsp's CPU kernels are not built yet (they will be on first use, ~20 s)",
                          "gemma-lsp prepare"))

@@ -18,6 +18,7 @@ from gguf import GGMLQuantizationType as T
 from gguf import quants
 
 from gemma_lsp.quant import native
+from gemma_lsp.quant.formats import BY_GGUF, BY_KIND, FORMATS
 from gemma_lsp.quant.linear import BlockLinear
 from test_quant import random_blocks
 
@@ -27,10 +28,7 @@ def op(kind: str):
     return lambda x, w: native.mm(kind, x, w)
 
 
-KERNELS = {T.Q4_K: (native.repack_q4_k, op("q4k")), T.Q5_K: (native.repack_q5_k, op("q5k")),
-           T.Q6_K: (native.q6_k_blocks, op("q6k")), T.Q8_0: (native.q8_0_blocks, op("q8_0")),
-           T.Q5_0: (native.q5_0_blocks, op("q5_0")), T.Q4_0: (native.q4_0_blocks, op("q4_0")),
-           T.Q4_1: (native.q4_1_blocks, op("q4_1")), T.Q5_1: (native.q5_1_blocks, op("q5_1"))}
+KERNELS = {f.gguf: (f.repack, op(f.kind)) for f in FORMATS}  # every format of the registry
 
 
 @pytest.fixture(params=["avx512", "avx2"])
@@ -135,7 +133,7 @@ def tiled(qtype: T, n: int, k: int, seed: int = 0) -> tuple[torch.Tensor, np.nda
 def test_tile_kernels_compute_the_blocks_times_int8_activations(qtype, rows):
     """The same math as the row kernels, 16 output columns per tile (kernels/tiles.h)."""
     w, ref = tiled(qtype, 96, 768, seed=rows)
-    assert w.shape == (6, 3, 16 * BlockLinear.KINDS[TILED[qtype]][1])
+    assert w.shape == (6, 3, 16 * BY_KIND[TILED[qtype]].kernel_bytes)
     x = torch.randn(rows, 768, generator=torch.Generator().manual_seed(rows)) * 3
     x[:, 5] = 40.0
     y = native.op(TILED[qtype], tiled=True)(x, w)
@@ -256,9 +254,7 @@ def test_build_keeps_the_blocks_and_attach_runs_them(tiny_blocks):
 
     from gemma_lsp.quant.linear import BlockLinear
 
-    from gemma_lsp.quant.model import BLOCKS
-
-    main, down = (BLOCKS[t][0] for t in tiny_blocks[2])
+    main, down = (BY_GGUF[t].kind for t in tiny_blocks[2])
     with safe_open(tiny_blocks[0], "pt") as f:
         keys = set(f.keys())
     layer = "model.layers.0"

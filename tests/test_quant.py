@@ -19,6 +19,7 @@ from gemma_lsp.engine import Engine, GenerateRequest
 from gemma_lsp.engine.costs import CostCurve, measure
 from gemma_lsp.engine.drafters import DraftLength
 from gemma_lsp.quant import blocks
+from gemma_lsp.quant.formats import BY_KIND
 from gemma_lsp.quant.linear import HybridLinear, Int4Linear, Int8Linear, nibbles, set_max_rows, unnibble
 from gemma_lsp.quant.model import FORMAT, attach
 from tiny_models import VOCAB, qwen2
@@ -48,7 +49,7 @@ def test_q5_k_unpacked_for_the_kernels_dequantizes_as_the_file():
     from gemma_lsp.quant import native
 
     raw = random_blocks(T.Q5_K, 24, 512, seed=4)
-    got = blocks.dequantize_q5_k_unpacked(native.repack_q5_k(raw, 24, 512), 24, 512)
+    got = blocks.dequantize_q5_k_unpacked(BY_KIND["q5k"].repack(raw, 24, 512), 24, 512)
     assert np.array_equal(got, quants.dequantize(raw, T.Q5_K).reshape(24, 512))
 
 
@@ -339,7 +340,7 @@ def test_a_damaged_weights_file_is_a_clear_error(tmp_path, monkeypatch, tiny_qwe
     """load() names the file and the fix instead of a safetensors traceback."""
     import shutil
 
-    from gemma_lsp.engine import models
+    from gemma_lsp.models import loader as models
     from gemma_lsp.errors import ModelError
     from gemma_lsp.quant.model import QUANT_FILE
 

@@ -19,7 +19,8 @@ import torch
 from ..errors import ModelError, first_line
 from ..paths import models_dir
 from ..quant import lean, native
-from ..quant.model import KINDS, attach, quant_path
+from ..quant.formats import KINDS
+from ..quant.model import attach, quant_path
 from . import default as default_model
 from .convert import assemble, make_missing, missing
 

@@ -59,7 +59,7 @@ def q4_k_scale_min(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def dequantize_q5_k_unpacked(data: np.ndarray, n: int, k: int) -> np.ndarray:
-    """The kernel's 180-byte Q5_K blocks (native.repack_q5_k) -> float32 [N, K], computed as the
+    """The kernel's 180-byte Q5_K blocks (formats.repack_q5_k) -> float32 [N, K], computed as the
     gguf package computes the file's: w = (d·sc_g)·q − dmin·m_g, q = low nibble + 16·(bit g of qh)."""
     b = data.reshape(-1, 180)
     d = b[:, 0:2].copy().view(np.float16).astype(np.float32)
@@ -80,7 +80,7 @@ def int4_from_q4_k(raw: np.ndarray, n: int, k: int) -> Int4Weight:
 
 
 def int4_from_q4_k_unpacked(blocks: np.ndarray, n: int, k: int) -> Int4Weight:
-    """The same from the kernels' 148-byte form (native.repack_q4_k: the 6-bit pairs as bytes)."""
+    """The same from the kernels' 148-byte form (formats.repack_q4_k: the 6-bit pairs as bytes)."""
     b = blocks.reshape(n * k // QK_K, 148)
     return _int4_from_q4_k_parts(b[:, 0:4], b[:, 4:12], b[:, 12:20], b[:, 20:], n, k)
 

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from . import native
+from .formats import BY_KIND, KERNEL_ROWS, TILE
 
 GROUP = 32
 INNER_K_TILES = 2  # the CPU packer's tiling; the kernel reads it back from the packed shape
@@ -90,18 +91,15 @@ class Int8Linear(nn.Module):
 
 
 class BlockLinear(nn.Module):
-    """y = x · dequant(blocks)ᵀ + b, on the GGUF's own blocks (quant/native.py; KINDS: the types)."""
-
-    # (weights, bytes) per block as the kernels read them: [N, K / weights, bytes]
-    KINDS = {"q4k": (256, 148), "q5k": (256, 180), "q6k": (256, 210), "q8_0": (32, 34), "q5_0": (32, 22),
-             "q4_0": (32, 18), "q4_1": (32, 20), "q5_1": (32, 24)}
+    """y = x · dequant(blocks)ᵀ + b, on the GGUF's own blocks (quant/native.py; formats.py: the types)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool, dtype: torch.dtype, kind: str) -> None:
         super().__init__()
         self.in_features, self.out_features, self.kind = in_features, out_features, kind
         self.mm = native.op(kind)  # resolved once (use()): forward runs on every decode step
         self.tiled = False
-        per, size = self.KINDS[kind]
+        fmt = BY_KIND[kind]
+        per, size = fmt.weights, fmt.kernel_bytes
         self.register_buffer("blocks", torch.empty(out_features, in_features // per, size, dtype=torch.uint8),
                              persistent=False)
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype), requires_grad=False) if bias else None
@@ -119,7 +117,7 @@ class BlockLinear(nn.Module):
 
     def rows(self, start: int, stop: int) -> torch.Tensor:
         """The blocks of output rows start..stop (a view; multiples of 16 when tiled)."""
-        step = native.TILE if self.tiled else 1
+        step = TILE if self.tiled else 1
         assert start % step == 0 and stop % step == 0, (start, stop)
         return self.blocks[start // step : stop // step]
 
@@ -137,7 +135,7 @@ class HybridLinear(nn.Module):
     (k < max_rows, the engine's cap) computes what k one-token forwards compute.
     """
 
-    def __init__(self, dense: nn.Linear, quant: nn.Module, max_rows: int = 8) -> None:
+    def __init__(self, dense: nn.Linear, quant: nn.Module, max_rows: int = KERNEL_ROWS) -> None:
         super().__init__()
         self.max_rows = max_rows  # set from the measured cost table (set_max_rows)
         self.dense = dense

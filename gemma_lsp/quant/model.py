@@ -27,6 +27,7 @@ from torch import nn
 from ..errors import ModelError, write_failed
 from ..paths import replace_atomically
 from . import blocks, lean, native
+from .formats import BY_GGUF, BY_KIND, KERNEL_ROWS, KINDS
 from .linear import BlockLinear, HybridLinear, Int4Linear, Int8Linear, nibbles, unnibble
 
 QUANT_FILE = "gguf-weights.safetensors"
@@ -34,12 +35,6 @@ QUANT_FILE = "gguf-weights.safetensors"
 # runs (types it holds no blocks for on torch's kernels); `prepare` and the first load rebuild it.
 FORMAT = "gemma-lsp-gguf-weights/3"
 READS = ("gemma-lsp-gguf-weights/1", "gemma-lsp-gguf-weights/2", FORMAT)
-BLOCKS = {blocks.T.Q4_K: ("q4k", native.repack_q4_k), blocks.T.Q5_K: ("q5k", native.repack_q5_k),
-          blocks.T.Q6_K: ("q6k", native.q6_k_blocks), blocks.T.Q8_0: ("q8_0", native.q8_0_blocks),
-          blocks.T.Q5_0: ("q5_0", native.q5_0_blocks), blocks.T.Q4_0: ("q4_0", native.q4_0_blocks),
-          blocks.T.Q4_1: ("q4_1", native.q4_1_blocks), blocks.T.Q5_1: ("q5_1", native.q5_1_blocks)}
-KINDS = tuple(kind for kind, _ in BLOCKS.values())
-AS_STORED = {"q6k": blocks.T.Q6_K, "q8_0": blocks.T.Q8_0, "q5_0": blocks.T.Q5_0, "q5_1": blocks.T.Q5_1}  # file's layout
 INT4_ROWS = 16  # _convert_weight_to_int4pack_for_cpu: "expect N to be dividable by 16"
 
 
@@ -92,8 +87,8 @@ def build(gguf: Path, model_dir: Path) -> Path:
                 f"{gguf.name}: tensor {g.name} does not match {name}.weight of the converted model; this "
                 "architecture stores its weights differently in GGUF. Run it with dtype bfloat16 instead"
             )
-        if g.tensor_type in BLOCKS:  # (the format makes K a multiple of the block's weights)
-            kind, pack = BLOCKS[g.tensor_type]
+        if g.tensor_type in BY_GGUF:  # (the format makes K a multiple of the block's weights)
+            kind, pack = BY_GGUF[g.tensor_type].kind, BY_GGUF[g.tensor_type].repack
             out[f"{name}.{kind}"] = torch.from_numpy(pack(raw, n, k))
             kinds[kind] += 1
             if kernels:  # torch's form too only where the kernels cannot run (attach converts if need be)
@@ -127,7 +122,7 @@ def is_current(path: Path) -> bool:
         return False
 
 
-def attach(model: nn.Module, path: Path, max_rows: int = 8) -> dict[str, int]:
+def attach(model: nn.Module, path: Path, max_rows: int = KERNEL_ROWS) -> dict[str, int]:
     """Swap the Linears named in `path` for HybridLinears; return how many run on each kind of kernel."""
     from safetensors import safe_open
 
@@ -170,19 +165,20 @@ def attach(model: nn.Module, path: Path, max_rows: int = 8) -> dict[str, int]:
 
 
 def _torch_form(kind: str, data: np.ndarray, n: int, k: int, dtype: torch.dtype) -> Int4Linear | Int8Linear:
-    """Blocks as torch's kernels take them: int4 (Q4_K, Q4_0, Q4_1: exactly, where N allows), else int8 per row."""
-    if kind in ("q4k", "q4_0", "q4_1"):
-        w4 = (blocks.int4_from_q4_k_unpacked(data, n, k) if kind == "q4k"
-              else blocks.convert(data.reshape(n, -1), blocks.T.Q4_0 if kind == "q4_0" else blocks.T.Q4_1, n, k))
+    """Blocks as torch's kernels take them: int4 (the Q4 types: exactly, where N allows), else int8 per row."""
+    fmt = BY_KIND[kind]
+    if fmt.int4:
+        w4 = (blocks.int4_from_q4_k_unpacked(data, n, k) if kind == "q4k"  # repacked: its own reader
+              else blocks.convert(data.reshape(n, -1), fmt.gguf, n, k))
         if n % INT4_ROWS == 0:
             q = Int4Linear(k, n, False, dtype)
             q.set_weight(torch.from_numpy(w4.q), torch.from_numpy(w4.scale), torch.from_numpy(w4.zero))
             return q
         exact = w4.dequantize()
-    elif kind == "q5k":
+    elif not fmt.as_stored:  # Q5_K, repacked
         exact = blocks.dequantize_q5_k_unpacked(data, n, k)
-    else:  # stored as in the file
-        exact = blocks.dequantize(data.reshape(n, -1), AS_STORED[kind], n, k)
+    else:
+        exact = blocks.dequantize(data.reshape(n, -1), fmt.gguf, n, k)
     w8 = blocks.int8_from(exact)
     q8 = Int8Linear(k, n, False, dtype)
     q8.set_weight(torch.from_numpy(w8.q), torch.from_numpy(w8.scale))

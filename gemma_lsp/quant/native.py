@@ -20,10 +20,10 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..paths import cache_dir
+from .formats import FORMATS, TILE
 
 SOURCES = Path(__file__).with_name("kernels")
 CPU_FLAGS = ("avx2", "fma", "f16c")
@@ -126,13 +126,12 @@ def cpu_flags() -> set[str]:
 
 
 def op(kind: str, tiled: bool = False) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The op y = x · dequant(w)ᵀ for blocks of `kind` (q4k, q5k, q6k, q8_0, q5_0, q4_0, q4_1,
-    q5_1: BlockLinear.KINDS), or for `tile(kind, w)`'s tiles; the kernels must be loaded (available())."""
+    """The op y = x · dequant(w)ᵀ for blocks of `kind` (formats.KINDS), or for `tile(kind, w)`'s
+    tiles; the kernels must be loaded (available())."""
     return getattr(torch.ops.gemma_lsp, f"{kind}_tiled_mm" if tiled else f"{kind}_mm")
 
 
-TILED = ("q4k", "q6k")  # kinds with tile kernels (kernels/tiles.h: AVX512-VNNI)
-TILE = 16  # output rows per tile
+TILED = tuple(f.kind for f in FORMATS if f.tiled)  # kinds with tile kernels (kernels/tiles.h: AVX512-VNNI)
 
 
 def tiles(kind: str, rows: int) -> bool:
@@ -159,45 +158,3 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int, scale:
 
 def mm(kind: str, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
     return op(kind)(x, w)
-
-
-def repack_q4_k(raw: np.ndarray, n: int, k: int) -> np.ndarray:
-    """GGUF Q4_K rows (144-byte blocks) -> the kernel's 148-byte blocks: the same values,
-    with the eight 6-bit (scale, min) pairs unpacked to bytes so the kernel need not."""
-    return _unpack_scales(raw.reshape(n, k // 256, 144))
-
-
-def repack_q5_k(raw: np.ndarray, n: int, k: int) -> np.ndarray:
-    """GGUF Q5_K rows (176-byte blocks: d, dmin, 12 bytes of 6-bit scales, qh[32], qs[128]) ->
-    the kernel's 180-byte blocks: the scale/min pairs unpacked to bytes, as for Q4_K."""
-    return _unpack_scales(raw.reshape(n, k // 256, 176))
-
-
-def _unpack_scales(b: np.ndarray) -> np.ndarray:
-    """[N, K/256, bytes] blocks with d, dmin, 12 bytes of packed scales first -> d, dmin, sc[8], mn[8], rest."""
-    from .blocks import q4_k_scale_min
-
-    sc, mn = q4_k_scale_min(b[:, :, 4:16].reshape(-1, 12))
-    n = b.shape[0]
-    parts = [b[:, :, 0:4], sc.reshape(n, -1, 8), mn.reshape(n, -1, 8), b[:, :, 16:]]
-    return np.ascontiguousarray(np.concatenate([p.astype(np.uint8) for p in parts], axis=2))
-
-
-def blocks_of_32(size: int) -> Callable[[np.ndarray, int, int], np.ndarray]:
-    """GGUF Q8_0 (34 bytes), Q5_0 (22), Q4_0 (18), Q4_1 (20) or Q5_1 (24) rows as [N, K/32, size]:
-    the file's blocks unchanged (K a multiple of 32, not necessarily of 256: Qwen2.5-Coder-0.5B's
-    896, Gemma 3 270M's 640)."""
-
-    def shape(raw: np.ndarray, n: int, k: int) -> np.ndarray:
-        return np.array(raw.reshape(n, k // 32, size), copy=True)
-
-    return shape
-
-
-q8_0_blocks, q5_0_blocks, q4_0_blocks = blocks_of_32(34), blocks_of_32(22), blocks_of_32(18)
-q4_1_blocks, q5_1_blocks = blocks_of_32(20), blocks_of_32(24)
-
-
-def q6_k_blocks(raw: np.ndarray, n: int, k: int) -> np.ndarray:
-    """GGUF Q6_K rows as [N, K/256, 210]: the kernel reads the file's block unchanged."""
-    return np.array(raw.reshape(n, k // 256, 210), copy=True)
