@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from gemma_lsp.engine.cache import common_prefix
-from gemma_lsp.engine.speculative import DecodeClock, GenerateRequest, GenerateResult, Stats, emit
+from gemma_lsp.engine.request import DecodeClock, GenerateRequest, GenerateResult, Stats, emit
 
 
 class _NoCache:

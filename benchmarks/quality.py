@@ -101,7 +101,7 @@ def parse_kinds(s: str) -> list[str]:
 
 
 def parse_drafters(s: str, draft_model: str | None) -> list[str]:
-    from gemma_lsp.engine.speculative import DRAFTERS
+    from gemma_lsp.names import DRAFTERS
 
     names = list(dict.fromkeys(_csv(s)))
     bad = [d for d in names if d not in DRAFTERS]

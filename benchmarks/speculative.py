@@ -101,7 +101,7 @@ def drafter_list(args: argparse.Namespace) -> list[str]:
     else:
         names.remove("none")
         names.insert(0, "none")
-    from gemma_lsp.engine.speculative import DRAFTERS
+    from gemma_lsp.names import DRAFTERS
 
     bad = [d for d in names if d not in DRAFTERS]
     if bad:

@@ -87,7 +87,7 @@ def _ids(completer, text: str, n: int) -> list[int]:
 
 def prefill(completer, engines, problems, n_tokens: int) -> dict[str, Any]:
     """Cold prompt of n_tokens: tokens per second of the prompt pass (best of 2)."""
-    from gemma_lsp.engine.speculative import GenerateRequest
+    from gemma_lsp.engine.request import GenerateRequest
 
     text = "\n\n".join(p["prompt"] + p["canonical_solution"] for p in problems.values())
     prompt = _ids(completer, text, n_tokens)
@@ -106,7 +106,7 @@ def prefill(completer, engines, problems, n_tokens: int) -> dict[str, Any]:
 
 def decode(completer, engines, problems, n_prompts: int, n_tokens: int) -> dict[str, Any]:
     """n_tokens greedy tokens after each of n_prompts HumanEval prompts, no stops."""
-    from gemma_lsp.engine.speculative import GenerateRequest
+    from gemma_lsp.engine.request import GenerateRequest
 
     prompts = [completer.prompter.encode(p["prompt"]) for p in list(problems.values())[:n_prompts]]
     runs = {"ours (plain)": ("ours", "none"), "ours (speculative)": ("ours", "auto"), "llama.cpp": ("llama.cpp", "none")}

@@ -140,11 +140,18 @@ def test_the_prompt_pass_is_never_cut_by_time(model):
     assert again.stats.reused_tokens == len(prompt)
 
 
-def test_time_ceiling_is_not_overrun_by_the_last_forward(model, monkeypatch):
-    from gemma_lsp.engine import speculative
+def fake_time(monkeypatch) -> "FakeClock":
+    """One fake clock for the engine loop and the time policy (engine/request.py)."""
+    from gemma_lsp.engine import request, speculative
 
     clock = FakeClock()
     monkeypatch.setattr(speculative, "time", clock)
+    monkeypatch.setattr(request, "time", clock)
+    return clock
+
+
+def test_time_ceiling_is_not_overrun_by_the_last_forward(model, monkeypatch):
+    clock = fake_time(monkeypatch)
     wrapped = ClockedModel(model, clock)
     # The ceiling counts from the end of the prompt pass (0.1): 4 decode forwards fit, a 5th would end at 0.5.
     res = Engine(wrapped).generate(GenerateRequest(prompt=list(range(3, 30)), max_tokens=50, drafter="none",
@@ -158,14 +165,11 @@ def test_time_ceiling_is_not_overrun_by_the_last_forward(model, monkeypatch):
 def test_past_the_budget_decoding_finishes_the_line(model, monkeypatch, drafter):
     """The budget never cuts the line being written: decoding goes on to the next line end,
     and the output is plain greedy's, cut just after that token."""
-    from gemma_lsp.engine import speculative
-
     prompt = [(3 * i) % 20 + 3 for i in range(40)]  # repetitive: n-gram drafts get accepted
     full = reference_greedy(model, prompt, 30)
     # A "line end" token first emitted at index >= 4: every decode forward ends past the budget.
     first = next(i for i in range(4, 30) if full[i] not in full[:i])
-    clock = FakeClock()
-    monkeypatch.setattr(speculative, "time", clock)
+    clock = fake_time(monkeypatch)
     res = Engine(ClockedModel(model, clock)).generate(GenerateRequest(
         prompt=prompt, max_tokens=30, drafter=drafter, budget_s=0.05, ceiling_s=60.0,
         line_end_ids=frozenset([full[first]])))

@@ -28,7 +28,7 @@ import time
 from typing import Any
 
 from ..engine import GenerateRequest, GenerateResult, Stats
-from ..engine.speculative import DecodeClock, emit
+from ..engine.request import DecodeClock, emit
 from ..errors import BackendError
 from .http import Cancelled, Http, HttpStatusError
 

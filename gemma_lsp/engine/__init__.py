@@ -1,5 +1,6 @@
 """The engine: token ids in, token ids and stats out. It knows nothing of LSP or text."""
 
-from .speculative import Engine, GenerateRequest, GenerateResult, Stats
+from .request import GenerateRequest, GenerateResult, Stats
+from .speculative import Engine
 
 __all__ = ["Engine", "GenerateRequest", "GenerateResult", "Stats"]
