@@ -15,7 +15,7 @@ import random
 import pytest
 
 from gemma_lsp.engine.costs import CostCurve
-from gemma_lsp.engine.drafters import DraftLength
+from gemma_lsp.engine.draft_length import DraftLength
 
 CURVES = {  # rows -> ms per forward
     "amd-epyc row kernels": {1: 56, 2: 78, 3: 99, 4: 131, 6: 177, 8: 236, 12: 327, 17: 352},

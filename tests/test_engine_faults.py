@@ -56,7 +56,7 @@ def test_a_failing_drafter_fails_alone(model, monkeypatch):
     def broken(ctx, k):
         raise Boom("injected fault in a drafter")
 
-    from gemma_lsp.engine import drafters
+    from gemma_lsp.engine.drafters import copying as drafters
 
     monkeypatch.setattr(drafters.NGramDrafter, "propose", lambda self, ctx, k: broken(ctx, k))
     with pytest.raises(Boom):

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from gemma_lsp.engine import Engine, GenerateRequest
 from gemma_lsp.engine.costs import CostCurve, measure
-from gemma_lsp.engine.drafters import DraftLength
+from gemma_lsp.engine.draft_length import DraftLength
 from gemma_lsp.quant import blocks
 from gemma_lsp.quant.formats import BY_KIND
 from gemma_lsp.quant.linear import HybridLinear, Int4Linear, Int8Linear, nibbles, set_max_rows, unnibble

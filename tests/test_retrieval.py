@@ -8,7 +8,7 @@ import pytest
 from gemma_lsp.models import corpus
 from gemma_lsp.config import Settings
 from gemma_lsp.engine import Engine, GenerateRequest
-from gemma_lsp.engine.retrieval import ORDER, RetrievalDrafter, TokenIndex
+from gemma_lsp.engine.drafters.retrieval import ORDER, RetrievalDrafter, TokenIndex
 from gemma_lsp.errors import GemmaLspError
 from tiny_models import VOCAB, qwen2
 

@@ -29,19 +29,20 @@ from ..names import DRAFTERS
 from .accept import accept, pick
 from .cache import PrefixCache, restore, truncate
 from .costs import CostCurve
+from .draft_length import DraftLength
 from .drafters import (
     AssistantDrafter,
     AutoDrafter,
     Draft,
     Drafter,
-    DraftLength,
     ModelDrafter,
     NGramDrafter,
     NoDrafter,
+    RetrievalDrafter,
     SuggestionDrafter,
+    TokenIndex,
 )
 from .request import DecodeClock, GenerateRequest, GenerateResult, Stats, emit
-from .retrieval import RetrievalDrafter, TokenIndex
 
 PREFILL_CHUNK = 256  # tokens per prefill forward: a cancel lands between chunks
 # A warm-up's chunks are smaller, so that a request preempting it waits less: a prompt

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine.retrieval import TokenIndex
+from ..engine.drafters.retrieval import TokenIndex
 from ..paths import models_dir
 
 FORMAT = "gemma-lsp-retrieval/1"

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..paths import replace_atomically
-from .drafters import Draft
+from ...paths import replace_atomically
+from .base import Draft
 
 ORDER = 8  # longest tail looked up; the suffix array is sorted by this many tokens
 MIN_TAIL = 2  # a 1-token match says too little about what follows
