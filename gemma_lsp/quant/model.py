@@ -35,6 +35,7 @@ QUANT_FILE = "gguf-weights.safetensors"
 # runs (types it holds no blocks for on torch's kernels); `prepare` and the first load rebuild it.
 FORMAT = "gemma-lsp-gguf-weights/3"
 READS = ("gemma-lsp-gguf-weights/1", "gemma-lsp-gguf-weights/2", FORMAT)
+COUNTED = {"q4": "int4", "q8": "int8", **{kind: kind for kind in KINDS}}  # entry suffix -> what `kinds` counts
 INT4_ROWS = 16  # _convert_weight_to_int4pack_for_cpu: "expect N to be dividable by 16"
 
 
@@ -66,42 +67,13 @@ def build(gguf: Path, model_dir: Path) -> Path:
         if not isinstance(mod, nn.Linear):
             continue
         g = tensors.get(hf_to_gguf.get(f"{name}.weight", ""))
-        if g is None:  # e.g. an lm_head tied to the embeddings: stays dense
+        if g is None or g.tensor_type in blocks.FLOAT_TYPES:  # e.g. an lm_head tied to the embeddings
             kinds["dense"] += 1
             continue
-        k, n = (int(d) for d in g.shape)
-        raw = np.asarray(g.data)
-        if g.tensor_type in blocks.FLOAT_TYPES:
-            kinds["dense"] += 1
-            continue
-        w: blocks.Int4Weight | blocks.Int8Weight
-        if g.tensor_type in blocks.INT4_TYPES and n % INT4_ROWS == 0:  # torch packs int4 by 16 rows
-            w = blocks.convert(raw, g.tensor_type, n, k)
-            exact = w.dequantize()
-        else:
-            exact = blocks.dequantize(raw, g.tensor_type, n, k)
-            w = blocks.int8_from(exact)
-        ref = _bf16_weight(handles, f"{name}.weight")
-        if ref is None or ref.shape != (n, k) or not torch.equal(torch.from_numpy(exact).bfloat16(), ref):
-            raise ModelError(
-                f"{gguf.name}: tensor {g.name} does not match {name}.weight of the converted model; this "
-                "architecture stores its weights differently in GGUF. Run it with dtype bfloat16 instead"
-            )
-        if g.tensor_type in BY_GGUF:  # (the format makes K a multiple of the block's weights)
-            kind, pack = BY_GGUF[g.tensor_type].kind, BY_GGUF[g.tensor_type].repack
-            out[f"{name}.{kind}"] = torch.from_numpy(pack(raw, n, k))
-            kinds[kind] += 1
-            if kernels:  # torch's form too only where the kernels cannot run (attach converts if need be)
-                continue
-        if isinstance(w, blocks.Int4Weight):
-            out[f"{name}.q4"] = nibbles(torch.from_numpy(w.q))
-            out[f"{name}.q4_scale"] = torch.from_numpy(w.scale)
-            out[f"{name}.q4_zero"] = torch.from_numpy(w.zero)
-            kinds["int4"] += 1
-        else:
-            out[f"{name}.q8"] = torch.from_numpy(w.q)
-            out[f"{name}.q8_scale"] = torch.from_numpy(w.scale)
-            kinds["int8"] += 1
+        for key, tensor in _entries(g, name, _bf16_weight(handles, f"{name}.weight"), gguf.name, kernels).items():
+            out[key] = tensor
+            if (label := COUNTED.get(key.rsplit(".", 1)[1])) is not None:  # weights, not their scales
+                kinds[label] += 1
     dest = quant_path(model_dir)
     meta = {"format": FORMAT, "source": gguf.name, "kinds": json.dumps(kinds)}
     try:
@@ -109,6 +81,40 @@ def build(gguf: Path, model_dir: Path) -> Path:
     except OSError as e:  # replace_atomically turns safetensors' own disk-full error into one
         raise write_failed(e, dest) from e
     return dest
+
+
+def _entries(g, name: str, ref: torch.Tensor | None, source: str, kernels: bool) -> dict[str, torch.Tensor]:
+    """The weights file's entries for one GGUF tensor `g` of Linear `name`: its blocks as the
+    kernels read them (where a format of formats.py has it), and torch's int4/int8 form where
+    our kernels cannot run. Checked first against `ref`, the bf16 copy's dequantization."""
+    k, n = (int(d) for d in g.shape)
+    raw = np.asarray(g.data)
+    w: blocks.Int4Weight | blocks.Int8Weight
+    if g.tensor_type in blocks.INT4_TYPES and n % INT4_ROWS == 0:  # torch packs int4 by 16 rows
+        w = blocks.convert(raw, g.tensor_type, n, k)
+        exact = w.dequantize()
+    else:
+        exact = blocks.dequantize(raw, g.tensor_type, n, k)
+        w = blocks.int8_from(exact)
+    if ref is None or ref.shape != (n, k) or not torch.equal(torch.from_numpy(exact).bfloat16(), ref):
+        raise ModelError(
+            f"{source}: tensor {g.name} does not match {name}.weight of the converted model; this "
+            "architecture stores its weights differently in GGUF. Run it with dtype bfloat16 instead"
+        )
+    out: dict[str, torch.Tensor] = {}
+    fmt = BY_GGUF.get(g.tensor_type)
+    if fmt is not None:  # (the format makes K a multiple of the block's weights)
+        out[f"{name}.{fmt.kind}"] = torch.from_numpy(fmt.repack(raw, n, k))
+        if kernels:  # torch's form too only where the kernels cannot run (attach converts if need be)
+            return out
+    if isinstance(w, blocks.Int4Weight):
+        out[f"{name}.q4"] = nibbles(torch.from_numpy(w.q))
+        out[f"{name}.q4_scale"] = torch.from_numpy(w.scale)
+        out[f"{name}.q4_zero"] = torch.from_numpy(w.zero)
+    else:
+        out[f"{name}.q8"] = torch.from_numpy(w.q)
+        out[f"{name}.q8_scale"] = torch.from_numpy(w.scale)
+    return out
 
 
 def is_current(path: Path) -> bool:
