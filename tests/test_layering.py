@@ -152,6 +152,25 @@ def test_the_reader_sees_imports_inside_functions():
     assert "gemma_lsp.engine.speculative" in graph["gemma_lsp.engine"]
 
 
+FUNCTION_LINES, MODULE_LINES = 60, 300
+
+
+def test_functions_and_modules_stay_small():
+    """A function over ~60 lines or a module over ~300 is split, or says why not: a comment
+    with `size:` on its def line (function) or in its first lines (module)."""
+    too_long = []
+    for f in sorted(ROOT.rglob("*.py")):
+        lines = f.read_text().splitlines()
+        if len(lines) > MODULE_LINES and not any("size:" in line for line in lines[:15]):
+            too_long.append(f"{f.relative_to(ROOT)}: {len(lines)} lines")
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = node.end_lineno - node.lineno + 1
+                if n > FUNCTION_LINES and "size:" not in lines[node.lineno - 1]:
+                    too_long.append(f"{f.relative_to(ROOT)}:{node.lineno} {node.name}: {n} lines")
+    assert not too_long, too_long
+
+
 def test_the_architecture_table_names_every_module():
     """ARCHITECTURE.md's file table is the map: a module it does not name is one a new
     maintainer cannot place."""

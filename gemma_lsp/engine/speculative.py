@@ -41,6 +41,7 @@ from .drafters import (
     RetrievalDrafter,
     SuggestionDrafter,
     TokenIndex,
+    draft_reuse,
 )
 from .request import DecodeClock, GenerateRequest, GenerateResult, Stats, emit
 
@@ -215,7 +216,7 @@ class Engine:
             if restore(cache, len(cached)):
                 self.cache.put(cached, cache)
         if isinstance(drafter, (ModelDrafter, AutoDrafter)):
-            stats.draft_reused_tokens = _draft_reuse(drafter)
+            stats.draft_reused_tokens = draft_reuse(drafter)
         stats.decode_ms = (time.perf_counter() - t1) * 1e3
         stats.tokens = len(run.out)
         return GenerateResult(run.out, reason, stats)
@@ -296,8 +297,3 @@ class Run:
     stats: Stats
     clock: DecodeClock
     ctx: list[int]  # prompt + the emitted tokens: what drafters look at
-
-
-def _draft_reuse(drafter: Drafter) -> int:
-    ds = drafter.drafters if isinstance(drafter, AutoDrafter) else [drafter]
-    return sum(d.reused_tokens for d in ds if isinstance(d, ModelDrafter))

@@ -8,8 +8,8 @@ the token the target chose last (not yet fed to the model).
 
 from .base import AutoDrafter, Draft, Drafter, NoDrafter
 from .copying import NGramDrafter, SuggestionDrafter
-from .models import AssistantDrafter, ModelDrafter
+from .models import AssistantDrafter, ModelDrafter, draft_reuse
 from .retrieval import RetrievalDrafter, TokenIndex
 
 __all__ = ["AssistantDrafter", "AutoDrafter", "Draft", "Drafter", "ModelDrafter", "NGramDrafter", "NoDrafter",
-           "RetrievalDrafter", "SuggestionDrafter", "TokenIndex"]
+           "RetrievalDrafter", "SuggestionDrafter", "TokenIndex", "draft_reuse"]

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from ..cache import PrefixCache, common_prefix, truncate
-from .base import Draft
+from .base import AutoDrafter, Draft, Drafter
 
 
 class ModelDrafter:
@@ -127,3 +127,9 @@ class AssistantDrafter:
 
     def finish(self) -> None:
         self._hidden, self._kv = None, {}
+
+
+def draft_reuse(drafter: Drafter) -> int:
+    """Prompt tokens the draft models of `drafter` (itself, or auto's) found in their own cache."""
+    ds = drafter.drafters if isinstance(drafter, AutoDrafter) else [drafter]
+    return sum(d.reused_tokens for d in ds if isinstance(d, ModelDrafter))
