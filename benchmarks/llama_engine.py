@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from gemma_lsp.engine.cache import common_prefix
-from gemma_lsp.engine.request import DecodeClock, GenerateRequest, GenerateResult, Stats, emit
+from gemma_lsp.engine.request import Backend, DecodeClock, GenerateRequest, GenerateResult, Stats, emit
 
 
 class _NoCache:
@@ -28,7 +28,7 @@ class _NoCache:
             self._on_clear()
 
 
-class LlamaCppEngine:
+class LlamaCppEngine(Backend):
     """A `backends.Backend` (generate, warm) over llama.cpp's own engine in this process."""
 
     name = "llama.cpp"
@@ -48,10 +48,14 @@ class LlamaCppEngine:
     def reset(self) -> None:
         self.llm.reset()
 
+    def held(self) -> list[int]:
+        """The tokens whose KV llama.cpp holds (its `input_ids` up to `n_tokens`)."""
+        return self.llm.input_ids[: self.llm.n_tokens].tolist()
+
     def warm(self, prompt: list[int], stop=None) -> Stats:
         """Evaluate `prompt` past the prefix llama.cpp already holds, as `generate` would."""
         stats = Stats(prompt_tokens=len(prompt), drafter="none")
-        n = min(common_prefix(list(self.llm._input_ids), prompt), max(len(prompt) - 1, 0))
+        n = min(common_prefix(self.held(), prompt), max(len(prompt) - 1, 0))
         t0 = time.perf_counter()
         self.llm.n_tokens = n
         self.llm.eval(prompt[n:])
@@ -63,7 +67,7 @@ class LlamaCppEngine:
         """Greedy only (temperature 0): the comparison is about speed at equal output rules."""
         llm = self.llm
         stats = Stats(prompt_tokens=len(req.prompt), drafter="none")
-        prev = list(llm._input_ids)  # what llama.cpp holds before this call
+        prev = self.held()  # what llama.cpp holds before this call
         stats.reused_tokens = common_prefix(prev, req.prompt)
         out: list[int] = []
         processors = None

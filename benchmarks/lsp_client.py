@@ -14,6 +14,7 @@ import collections
 import contextlib
 import os
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -40,13 +41,25 @@ class Session:
     encoding: str = UTF16
     ready_s: float = 0.0
     stderr_tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=40))
+    process: asyncio.subprocess.Process | None = None  # the server: a call fails at once if it exits
 
     async def call(self, coro, what: str):
+        task = asyncio.ensure_future(coro)
+        exited = asyncio.ensure_future(self.process.wait()) if self.process is not None else None
         try:
-            return await asyncio.wait_for(coro, IO_TIMEOUT_S)
+            done, _ = await asyncio.wait([task, *([exited] if exited else [])], timeout=IO_TIMEOUT_S,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if task not in done:
+                task.cancel()
+                raise TimeoutError(f"no answer in {IO_TIMEOUT_S:.0f} s" if not done else
+                                   f"the server exited with status {self.process.returncode}")
+            return task.result()
         except Exception as e:
             tail = "".join(self.stderr_tail)[-3000:]
             raise RuntimeError(f"{what} failed: {e!r}\n--- server stderr (tail) ---\n{tail}") from e
+        finally:
+            if exited is not None:
+                exited.cancel()
 
     async def stats(self) -> dict[str, Any]:
         return plain(await self.call(self.client.protocol.send_request_async("gemma/stats", None), "gemma/stats"))
@@ -81,6 +94,23 @@ def server_options(args: argparse.Namespace) -> dict[str, Any]:
     return {key: getattr(args, f.name) for key, f in FIELDS.items() if getattr(args, f.name, None) is not None}
 
 
+async def start_child(client: Any, *argv: str) -> tuple[asyncio.subprocess.Process, threading.Event, asyncio.Task]:
+    """Start the server as our own child process and connect `client` to its stdio, with
+    pygls' public pieces (its own `start_io` keeps the process in a private field, and the
+    benchmark needs the stderr and the pid). Returns the process, the reader loop's stop
+    event and the loop's task."""
+    from pygls.io_ import run_async
+
+    PIPE = asyncio.subprocess.PIPE
+    server = await asyncio.create_subprocess_exec(*argv, stdin=PIPE, stdout=PIPE, stderr=PIPE)
+    assert server.stdin is not None and server.stdout is not None
+    client.protocol.set_writer(server.stdin)
+    stop = threading.Event()
+    reading = asyncio.create_task(run_async(stop_event=stop, reader=server.stdout, protocol=client.protocol,
+                                            error_handler=client.report_server_error))
+    return server, stop, reading
+
+
 @contextlib.asynccontextmanager
 async def lsp_session(args: argparse.Namespace) -> AsyncIterator[Session]:
     from lsprotocol import types as lsp
@@ -90,8 +120,8 @@ async def lsp_session(args: argparse.Namespace) -> AsyncIterator[Session]:
     s = Session(client)
     log = open(args.server_log, "w", encoding="utf-8") if getattr(args, "server_log", None) else None
     t_start = time.perf_counter()
-    await client.start_io(sys.executable, "-m", "gemma_lsp", "serve")
-    server = client._server  # our own child process (pygls keeps it there)
+    server, stop, reading = await start_child(client, sys.executable, "-m", "gemma_lsp", "serve")
+    s.process = server
 
     async def drain() -> None:
         assert server is not None and server.stderr is not None
@@ -123,11 +153,13 @@ async def lsp_session(args: argparse.Namespace) -> AsyncIterator[Session]:
         try:
             await asyncio.wait_for(client.shutdown_async(None), 30)
             client.exit(None)
-            await asyncio.wait_for(client.stop(), 30)
+            await asyncio.wait_for(server.wait(), 30)
         except Exception:
-            if server is not None and server.returncode is None:
+            if server.returncode is None:
                 server.kill()
                 await server.wait()
+        stop.set()
+        await asyncio.wait_for(reading, 30)  # the server's stdout ended with it
         drainer.cancel()
         if log is not None:
             log.close()

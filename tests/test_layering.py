@@ -152,6 +152,22 @@ def test_the_reader_sees_imports_inside_functions():
     assert "gemma_lsp.engine.speculative" in graph["gemma_lsp.engine"]
 
 
+def test_every_backend_declares_the_protocol_and_defines_it():
+    """No duck typing: what runs a GenerateRequest subclasses engine.request.Backend and
+    defines generate and warm itself (a Protocol subclass would silently inherit `...`)."""
+    from benchmarks.llama_engine import LlamaCppEngine
+    from gemma_lsp.backends.local import LocalBackend
+    from gemma_lsp.backends.openai import OpenAIBackend
+    from gemma_lsp.engine import Engine
+    from gemma_lsp.engine.request import Backend
+
+    for cls in (Engine, OpenAIBackend, LocalBackend, LlamaCppEngine):
+        assert Backend in cls.__mro__, cls  # declared (issubclass does not take a protocol with data members)
+        for method in ("generate", "warm"):
+            owner = next(c for c in cls.__mro__ if method in vars(c))
+            assert owner is not Backend, (cls, method)
+
+
 FUNCTION_LINES, MODULE_LINES = 60, 300
 
 

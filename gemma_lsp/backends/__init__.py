@@ -9,20 +9,6 @@ and time policy (`DecodeClock`), so an answer means the same thing whoever compu
 
 from __future__ import annotations
 
-import threading
-from typing import Protocol, runtime_checkable
+from ..engine.request import Backend
 
-from ..engine import GenerateRequest, GenerateResult, Stats
-
-
-@runtime_checkable
-class Backend(Protocol):
-    name: str  # what `gemma/stats` and `--json` report as the backend that answered
-
-    def generate(self, req: GenerateRequest) -> GenerateResult:
-        """Run one request to a stop; `req.stop_event` ends it early (reason "cancelled")."""
-        ...
-
-    def warm(self, prompt: list[int], stop: threading.Event | None = None) -> Stats:
-        """Compute and keep the KV of `prompt` where the backend can; background work."""
-        ...
+__all__ = ["Backend"]

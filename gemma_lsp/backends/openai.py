@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..engine import GenerateRequest, GenerateResult, Stats
-from ..engine.request import DecodeClock, emit
+from ..engine.request import Backend, DecodeClock, emit
 from ..errors import BackendError
 from .http import Cancelled, Http, HttpStatusError
 
@@ -40,7 +40,7 @@ BACKOFF_S = (1.0, 30.0)  # first and longest wait after a failure
 PROBE = "def f(x):\n    return x  # é ✓\n"  # what the tokenizer check compares
 
 
-class OpenAIBackend:
+class OpenAIBackend(Backend):
     """One server; thread-compatible like the engine (the scheduler calls it from one thread)."""
 
     def __init__(self, http: Http, tokenizer: Any, model: str | None = None, label: str = "",

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -109,3 +110,20 @@ class DecodeClock:
         if self.hard is not None and time.perf_counter() + next_step_s > self.hard:
             return "time"
         return None
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What runs a `GenerateRequest`: the engine in this process, the daemon's and any
+    OpenAI-compatible server's client, the llama.cpp comparison engine. Each declares it
+    (subclasses this), and tests/test_layering.py checks that each defines both methods."""
+
+    name: str  # what `gemma/stats` and `--json` report as the backend that answered
+
+    def generate(self, req: GenerateRequest) -> GenerateResult:
+        """Run one request to a stop; `req.stop_event` ends it early (reason "cancelled")."""
+        ...
+
+    def warm(self, prompt: list[int], stop: threading.Event | None = None) -> Stats:
+        """Compute and keep the KV of `prompt` where the backend can; background work."""
+        ...

@@ -43,7 +43,7 @@ from .drafters import (
     TokenIndex,
     draft_reuse,
 )
-from .request import DecodeClock, GenerateRequest, GenerateResult, Stats, emit
+from .request import Backend, DecodeClock, GenerateRequest, GenerateResult, Stats, emit
 
 PREFILL_CHUNK = 256  # tokens per prefill forward: a cancel lands between chunks
 # A warm-up's chunks are smaller, so that a request preempting it waits less: a prompt
@@ -51,7 +51,7 @@ PREFILL_CHUNK = 256  # tokens per prefill forward: a cancel lands between chunks
 WARM_CHUNK = 128
 
 
-class Engine:
+class Engine(Backend):
     """Owns the target model, an optional draft model, and their prefix caches.
 
     Not thread-safe: the scheduler calls it from one thread only. It is the `inprocess`
