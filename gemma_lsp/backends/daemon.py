@@ -127,7 +127,7 @@ class Daemon:
             top_p=_num(body.get("top_p", 1.0), "top_p", 1e-6, 1.0),
             seed=body.get("seed") if isinstance(body.get("seed"), int) else None,
             stop_event=stop, constraint=self._allow_list(body.get("logit_bias")),
-            language=str(ext.get("language") or ""), retrieval=bool(ext.get("retrieval", True)),
+            draft_group=str(ext.get("language") or ""), retrieval=bool(ext.get("retrieval", True)),
         )
 
     def _eos(self) -> frozenset[int]:

@@ -212,7 +212,7 @@ class OpenAIBackend(Backend):
         if req.seed is not None:
             body["seed"] = req.seed
         if self.extensions:
-            body["gemma"] = {"drafter": req.drafter, "suggestion": req.suggestion, "language": req.language,
+            body["gemma"] = {"drafter": req.drafter, "suggestion": req.suggestion, "language": req.draft_group,
                              "retrieval": req.retrieval}
         return body
 

@@ -179,7 +179,7 @@ class Completer:
             stop_event=stop,
             constraint=self.prompter.heal_constraint(prompt.healed),
             stop_after=self._block_end(prompt.healed, line_prefix, suffix) if settings.stop_at_block_end and not single else None,
-            language=snap.language,
+            draft_group=snap.language,
             retrieval=snap.language in corpus.LANGUAGES and settings.retrieval != "none",
         )
         if settings.log_prompts:

@@ -43,8 +43,10 @@ class GenerateRequest:
     # (e.g. the text left its code block). It sees the same prefix on every path, so it
     # never breaks losslessness.
     stop_after: Callable[[Sequence[int]], bool] | None = None
-    language: str = ""  # keys the adaptive draft length
-    retrieval: bool = True  # auto may draft from the engine's retrieval index (the caller knows its language)
+    # A label of the caller's that keys the adaptive draft length: drafts are learned per
+    # group (the completer passes the document's language; the engine never reads it).
+    draft_group: str = ""
+    retrieval: bool = True  # auto may draft from the engine's retrieval index (the caller knows its corpus fits)
 
 
 @dataclass

@@ -117,7 +117,7 @@ class Engine(Backend):
             return assistant
         retrieval = RetrievalDrafter(self.retrieval) if self.retrieval is not None and req.retrieval else None
         chain: list[Drafter] = [suggestion, NGramDrafter()] + [d for d in (retrieval, assistant, model) if d is not None]
-        lang = req.language or "text"
+        lang = req.draft_group or "text"
         return AutoDrafter(chain, lambda sub: self.draft_length.get((lang, sub)))
 
     # --- forward passes ---------------------------------------------------------------
@@ -265,7 +265,7 @@ class Engine(Backend):
         if req.constraint is not None and req.constraint(run.out) is not None:
             return Draft([]), getattr(drafter, "last", drafter.name)
         # auto picks each sub-drafter's own length; it only needs the room left
-        lang = req.language or "text"
+        lang = req.draft_group or "text"
         k = room if isinstance(drafter, AutoDrafter) else min(self.draft_length.get((lang, drafter.name)), room)
         faults.hit("drafter")
         draft = drafter.propose(run.ctx, k) if k > 0 else Draft([])
@@ -281,7 +281,7 @@ class Engine(Backend):
         by = stats.drafted_by.setdefault(name, [0, 0])
         by[0] += len(draft.tokens)
         by[1] += n_acc
-        self.draft_length.update((run.req.language or "text", name), len(draft.tokens), n_acc)
+        self.draft_length.update((run.req.draft_group or "text", name), len(draft.tokens), n_acc)
 
 
 @dataclass
