@@ -311,24 +311,56 @@ def markdown_table(summary: dict[str, dict[str, dict[str, Any]]]) -> str:
 # --- the run ------------------------------------------------------------------------
 
 
-def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+@dataclass
+class Setup:
+    """What every completion of a quality run shares: the completer, one prompter per layout,
+    the base settings, the tasks, and the machine they ran on."""
 
-    from gemma_lsp.complete.completer import Completer, Snapshot
+    completer: Any
+    prompters: dict[str, Any]
+    base: Any  # Settings
+    layouts: list[str]
+    kinds: list[str]
+    drafters: list[str]
+    tasks: dict[str, list]
+    single_line: dict[str, str]
+    info: dict[str, Any]
+
+    @property
+    def runs(self) -> int:
+        return sum(len(v) for v in self.tasks.values()) * len(self.layouts) * len(self.drafters)
+
+    def complete(self, task, layout: str, drafter: str, max_tokens: int | None = None):
+        """One cold completion of `task`: caches cleared, nothing remembered from the last."""
+        from gemma_lsp.complete.completer import Snapshot
+
+        c, engine = self.completer, self.completer.engine
+        c.prompter = self.prompters[layout]
+        uri = f"file:///humaneval/{task.task_id.replace('/', '_')}.py"
+        snap = Snapshot(uri=uri, text=task.prefix + task.suffix, offset=len(task.prefix), language="python",
+                        path="task.py")
+        c.forget(uri)  # else the previous drafter's answer would feed the suggestion drafter
+        engine.cache.clear()
+        engine.draft_cache.clear()
+        over: dict[str, Any] = {"drafter": drafter, "maxTokens": max_tokens or MAX_TOKENS[task.kind],
+                                "singleLine": self.single_line[task.kind]}
+        if LAYOUTS[layout][2] is not None:
+            over["suffixTokens"] = LAYOUTS[layout][2]
+        return c.complete(snap, self.base.merged(over), instant=False)
+
+
+def setup(args: argparse.Namespace) -> Setup:
+    from gemma_lsp.complete.completer import Completer
     from gemma_lsp.config import Settings
 
     from . import humaneval
-    from .machine import loadavg
     from .speculative import announce, machine_info
 
     layouts = parse_layouts(args.layouts)
     kinds = parse_kinds(args.kinds)
     drafters = parse_drafters(args.drafters, getattr(args, "draft_model", None))
-    counts = task_counts(args)
     single_line = {"single": "auto", "multi": getattr(args, "multi_single_line", None) or "never"}
-    problems = humaneval.load_problems()
-    tasks = pick_tasks(problems, kinds, counts, args.seed)
-
+    tasks = pick_tasks(humaneval.load_problems(), kinds, task_counts(args), args.seed)
     base = Settings().merged({
         "model": args.model, "draftModel": getattr(args, "draft_model", None),
         "timeBudgetMs": TIME_BUDGET_MS, "dtype": args.dtype, "device": args.device,
@@ -337,58 +369,61 @@ def run(args: argparse.Namespace) -> int:
     first_layout, first_heal, _ = LAYOUTS[layouts[0]]
     completer = Completer.from_settings(base, layout=first_layout, heal=first_heal)
     load_s = time.perf_counter() - t0
-    engine = completer.engine
     base_prompter = completer.prompter
     base_prompter.token_texts()  # computed once, shared by every layout's prompter
     prompters = {name: dataclasses.replace(base_prompter, layout=lay, heal=heal)
                  for name, (lay, heal, _) in LAYOUTS.items() if name in layouts}
     info = machine_info(completer, args)
     info["load_s"] = round(load_s, 2)
-    n_runs = sum(len(v) for v in tasks.values()) * len(layouts) * len(drafters)
+    st = Setup(completer, prompters, base, layouts, kinds, drafters, tasks, single_line, info)
     announce(info, load_s, "latencies are noisy (pass@1, exact match and identity are not)")
     print(f"tasks: {', '.join(f'{len(tasks[k])} {k}' for k in kinds)} x layouts {', '.join(layouts)} "
-          f"x drafters {', '.join(drafters)} = {n_runs} completions; greedy", file=sys.stderr)
+          f"x drafters {', '.join(drafters)} = {st.runs} completions; greedy", file=sys.stderr)
+    return st
 
-    def one(task, layout: str, drafter: str, max_tokens: int | None = None):
-        completer.prompter = prompters[layout]
-        uri = f"file:///humaneval/{task.task_id.replace('/', '_')}.py"
-        snap = Snapshot(uri=uri, text=task.prefix + task.suffix, offset=len(task.prefix), language="python",
-                        path="task.py")
-        completer.forget(uri)  # else the previous drafter's answer would feed the suggestion drafter
-        engine.cache.clear()
-        engine.draft_cache.clear()
-        over: dict[str, Any] = {"drafter": drafter, "maxTokens": max_tokens or MAX_TOKENS[task.kind],
-                                "singleLine": single_line[task.kind]}
-        if LAYOUTS[layout][2] is not None:
-            over["suffixTokens"] = LAYOUTS[layout][2]
-        return completer.complete(snap, base.merged(over), instant=False)
 
-    warm = next((tasks[k][0] for k in kinds if tasks[k]), None)
+def run(args: argparse.Namespace) -> int:
+    from .machine import loadavg
+
+    st = setup(args)
+    engine = st.completer.engine
+    warm = next((st.tasks[k][0] for k in st.kinds if st.tasks[k]), None)
     if warm is not None:  # untimed warm-up: first-call allocations
         saved = engine.draft_length
         engine.draft_length = engine.new_draft_length()
-        one(warm, layouts[0], drafters[-1], max_tokens=4)
+        st.complete(warm, st.layouts[0], st.drafters[-1], max_tokens=4)
         engine.draft_length = saved
-
-    grader = Grader()
-    lengths = {d: engine.new_draft_length() for d in drafters}
-    rows: list[Row] = []
     t_run = time.perf_counter()
-    with tqdm(total=n_runs, desc="quality", unit="run", file=sys.stderr, dynamic_ncols=True) as bar:
-        for layout in layouts:
-            for kind in kinds:
-                for task in tasks[kind]:
+    rows = run_all(st)
+    run_s = time.perf_counter() - t_run
+    st.info["loadavg_after"] = loadavg()
+    summary = summarize(rows, st.layouts, st.kinds, st.drafters)
+    report(st, summary, rows, run_s)
+    if args.json:
+        write_json(args, st, summary, rows, run_s)
+    return 0
+
+
+def run_all(st: Setup) -> list[Row]:
+    """Every (layout, task, drafter), graded; the first drafter is each task's reference text."""
+    from tqdm import tqdm
+
+    engine = st.completer.engine
+    grader = Grader()
+    lengths = {d: engine.new_draft_length() for d in st.drafters}
+    rows: list[Row] = []
+    with tqdm(total=st.runs, desc="quality", unit="run", file=sys.stderr, dynamic_ncols=True) as bar:
+        for layout in st.layouts:
+            for kind in st.kinds:
+                for task in st.tasks[kind]:
                     ref_text: str | None = None
-                    for d in drafters:
+                    for d in st.drafters:
                         bar.set_postfix_str(f"{layout} {kind} {task.task_id} {d}", refresh=False)
                         engine.draft_length = lengths[d]
-                        c = one(task, layout, d)
+                        c = st.complete(task, layout, d)
                         g = grade(task, kind, c.text, c.raw, grader)
-                        if ref_text is None:
-                            ref_text = c.text
-                            ident = None
-                        else:
-                            ident = c.text == ref_text
+                        ident = None if ref_text is None else c.text == ref_text
+                        ref_text = c.text if ref_text is None else ref_text
                         s = c.stats
                         rows.append(Row(layout=layout, kind=kind, task_id=task.task_id, drafter=d, text=c.text,
                                         raw=c.raw, identical=ident, latency_ms=round(c.latency_ms, 1),
@@ -400,15 +435,16 @@ def run(args: argparse.Namespace) -> int:
                             tqdm.write(f"POST LOST A PASS: {layout} {task.task_id} {d}: raw {g['raw_graded']!r} "
                                        f"passed, post {c.text!r} failed ({g['test_reason']})", file=sys.stderr)
                         bar.update(1)
-    run_s = time.perf_counter() - t_run
-    info["loadavg_after"] = loadavg()
-    summary = summarize(rows, layouts, kinds, drafters)
+    return rows
+
+
+def report(st: Setup, summary: dict, rows: list[Row], run_s: float) -> None:
+    info, drafters = st.info, st.drafters
     lost = total_post_lost(summary)
     raw_passes = sum(r.raw_passed for r in rows)
-
     print(f"\nquality: HumanEval infilling; {info['model']} on {info['device']} {info['dtype']} "
           f"(torch {info['torch']}, {info['threads']} threads); drafters {', '.join(drafters)}; "
-          f"pass@1 columns are drafter `{drafters[0]}`'s; {n_runs} runs in {run_s:.0f} s\n")
+          f"pass@1 columns are drafter `{drafters[0]}`'s; {st.runs} runs in {run_s:.0f} s\n")
     print(markdown_table(summary))
     print()
     if lost == 0:
@@ -425,28 +461,30 @@ def run(args: argparse.Namespace) -> int:
             print(f"drafters identical: every task gave the same text with {', '.join(drafters)}")
     print("post lost / gained: runs (task x drafter) where postprocess turned a raw pass into a fail / "
           "a raw fail into a pass; raw = Completion.raw (first line for single-line tasks).")
-    if args.json:
-        out = {
-            "bench": "quality",
-            "args": {k: v for k, v in vars(args).items() if k != "func" and not callable(v)},
-            "machine": info,
-            "settings": {
-                "time_budget_ms": TIME_BUDGET_MS, "max_tokens": {k: MAX_TOKENS[k] for k in kinds},
-                "single_line": {k: single_line[k] for k in kinds},
-                "prefix_tokens": base.prefix_tokens, "suffix_tokens": base.suffix_tokens,
-                "layouts": {n: {"layout": LAYOUTS[n][0], "heal": LAYOUTS[n][1], "suffix_tokens": LAYOUTS[n][2]
-                                or base.suffix_tokens} for n in layouts},
-                "test_timeout_s": TEST_TIMEOUT_S, "seed": args.seed,
-            },
-            "layouts": layouts, "kinds": kinds, "drafters": drafters,
-            "tasks": {k: [t.task_id for t in tasks[k]] for k in kinds},
-            "run_s": round(run_s, 1),
-            "post_lost_total": lost,
-            "raw_passes_total": raw_passes,
-            "summary": summary,
-            "rows": [dataclasses.asdict(r) for r in rows],
-        }
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(out, fh, indent=1)
-        print(f"wrote {args.json}", file=sys.stderr)
-    return 0
+
+
+def write_json(args: argparse.Namespace, st: Setup, summary: dict, rows: list[Row], run_s: float) -> None:
+    base, kinds = st.base, st.kinds
+    out = {
+        "bench": "quality",
+        "args": {k: v for k, v in vars(args).items() if k != "func" and not callable(v)},
+        "machine": st.info,
+        "settings": {
+            "time_budget_ms": TIME_BUDGET_MS, "max_tokens": {k: MAX_TOKENS[k] for k in kinds},
+            "single_line": {k: st.single_line[k] for k in kinds},
+            "prefix_tokens": base.prefix_tokens, "suffix_tokens": base.suffix_tokens,
+            "layouts": {n: {"layout": LAYOUTS[n][0], "heal": LAYOUTS[n][1], "suffix_tokens": LAYOUTS[n][2]
+                            or base.suffix_tokens} for n in st.layouts},
+            "test_timeout_s": TEST_TIMEOUT_S, "seed": args.seed,
+        },
+        "layouts": st.layouts, "kinds": kinds, "drafters": st.drafters,
+        "tasks": {k: [t.task_id for t in st.tasks[k]] for k in kinds},
+        "run_s": round(run_s, 1),
+        "post_lost_total": total_post_lost(summary),
+        "raw_passes_total": sum(r.raw_passed for r in rows),
+        "summary": summary,
+        "rows": [dataclasses.asdict(r) for r in rows],
+    }
+    with open(args.json, "w", encoding="utf-8") as fh:
+        json.dump(out, fh, indent=1)
+    print(f"wrote {args.json}", file=sys.stderr)
