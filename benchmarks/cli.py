@@ -3,10 +3,19 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:
     sub = p.add_subparsers(dest="bench", required=True)
+    _speculative_args(sub)
+    _typing_args(sub)
+    _quality_args(sub)
+    _vs_llama_cpp_args(sub)
+    _all_args(sub)
+
+
+def _speculative_args(sub: Any) -> None:
     s = sub.add_parser("speculative", help="all drafters side by side on HumanEval multi-line FIM tasks")
     s.add_argument("--tasks", type=int, default=12)
     s.add_argument("--seed", type=int, default=0)
@@ -22,6 +31,9 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
                    help="decode to --max-tokens even past the end of the block (stopAtBlockEnd: false)")
     s.add_argument("--device-script", action="store_true",
                    help="print a ready-to-run shell script for a GPU machine (--device cuda --tasks 40) and exit")
+
+
+def _typing_args(sub: Any) -> None:
     t = sub.add_parser("typing", help="replay typing a file over real LSP stdio; keystroke latency and reuse")
     t.add_argument("file", nargs="?", help="file to type (default: a HumanEval solution)")
     t.add_argument("--chars", type=int, default=120, help="characters to type")
@@ -53,6 +65,9 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     t.add_argument("--reference", action="store_true",
                    help="with --first-contact: also run `gemma-lsp complete`'s path on the same tasks")
     t.add_argument("--json", metavar="FILE")
+
+
+def _quality_args(sub: Any) -> None:
     q = sub.add_parser("quality", help="pass@1 and exact match on HumanEval infilling (post-processed vs raw), "
                                        "per prompt layout; checks drafters give identical completions")
     q.add_argument("--tasks", type=int, default=None,
@@ -73,6 +88,9 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     q.add_argument("--dtype", default="auto", help="auto | bfloat16 | float32 | float16")
     q.add_argument("--device", default="auto")
     q.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+
+
+def _vs_llama_cpp_args(sub: Any) -> None:
     v = sub.add_parser("vs-llama-cpp", help="ours vs llama.cpp on the same GGUF, prompts and machine "
                                             "(needs the llama-cpp extra)")
     v.add_argument("--gguf", help="the GGUF llama.cpp runs (default: the embedded model's, assembled from its parts)")
@@ -89,6 +107,9 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
                    help="also measure each engine's mean KL from the file's model in float32 on N FIM prompts "
                         "(loads that model: ~4 bytes per weight of memory; default 0: off)")
     v.add_argument("--json", metavar="FILE")
+
+
+def _all_args(sub: Any) -> None:
     a = sub.add_parser("all", help="quality + speculative + typing; one results.json, summary.md and PNG plots")
     a.add_argument("--out", metavar="DIR", help="output folder (default bench-results/<date>)")
     a.add_argument("--quality-tasks", type=int, default=20,
