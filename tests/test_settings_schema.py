@@ -41,6 +41,12 @@ def test_every_setting_has_a_check_a_doc_and_a_valid_default():
         assert f.metadata["check"](key, f.default) == f.default, key  # the default passes its own check
 
 
+def test_every_dtype_setting_names_a_torch_dtype():
+    from gemma_lsp.models.loader import DTYPE_OF
+
+    assert set(DTYPE_OF) | {"auto"} == set(choices("dtype"))
+
+
 def test_the_engine_key_is_the_reload_settings():
     changed = Settings().merged({"model": "/m", "dtype": "float32", "cacheMb": 64, "maxTokens": 3})
     assert changed.engine_key() != Settings().engine_key()

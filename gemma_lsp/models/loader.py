@@ -55,15 +55,19 @@ def pick_device(device: str = "auto") -> torch.device:
     return torch.device(device)
 
 
+# The torch dtype of each `dtype` setting but auto (config.DTYPES lists the names; a test
+# keeps the two equal). gguf runs the GGUF's own blocks; its dense layers are bf16.
+DTYPE_OF = {"gguf": torch.bfloat16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float32": torch.float32,
+            "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16}
+
+
 def pick_dtype(dtype: str, device: torch.device) -> torch.dtype:
     """bf16 by default: on this class of CPU it is ~2x faster than fp32 (memory-bound decode)."""
-    table = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "gguf": torch.bfloat16, "float32": torch.float32, "fp32": torch.float32,
-             "float16": torch.float16, "fp16": torch.float16}
     if dtype == "auto":
         return torch.bfloat16
-    if dtype not in table:
+    if dtype not in DTYPE_OF:
         raise ModelError(f"unknown dtype {dtype!r}; choose auto, gguf, bfloat16, float32 or float16")
-    return table[dtype]
+    return DTYPE_OF[dtype]
 
 
 def resolve(spec: str | None, quant: bool = True) -> tuple[Path, str | None]:
