@@ -98,7 +98,7 @@ class LlamaCppEngine(Backend):
             if tok == llm.token_eos():
                 reason = "stop"
                 break
-            # The stop rules and time policy every backend applies (engine.speculative).
+            # The stop rules and time policy every backend applies (engine/request.py).
             if (why := emit(req, out, int(tok)) or clock.stopped(int(tok), 0.0)) is not None:
                 reason = why
                 break

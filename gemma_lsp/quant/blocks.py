@@ -20,7 +20,6 @@ from gguf import quants
 
 QK_K = 256
 GROUP = 32  # int4 group size: one Q4_K sub-block
-INT4_TYPES = (T.Q4_K, T.Q4_0, T.Q4_1)
 FLOAT_TYPES = (T.F32, T.F16, T.BF16)
 
 

@@ -89,8 +89,9 @@ def _entries(g, name: str, ref: torch.Tensor | None, source: str, kernels: bool)
     our kernels cannot run. Checked first against `ref`, the bf16 copy's dequantization."""
     k, n = (int(d) for d in g.shape)
     raw = np.asarray(g.data)
+    fmt = BY_GGUF.get(g.tensor_type)
     w: blocks.Int4Weight | blocks.Int8Weight
-    if g.tensor_type in blocks.INT4_TYPES and n % INT4_ROWS == 0:  # torch packs int4 by 16 rows
+    if fmt is not None and fmt.int4 and n % INT4_ROWS == 0:  # torch packs int4 by 16 rows
         w = blocks.convert(raw, g.tensor_type, n, k)
         exact = w.dequantize()
     else:
@@ -102,7 +103,6 @@ def _entries(g, name: str, ref: torch.Tensor | None, source: str, kernels: bool)
             "architecture stores its weights differently in GGUF. Run it with dtype bfloat16 instead"
         )
     out: dict[str, torch.Tensor] = {}
-    fmt = BY_GGUF.get(g.tensor_type)
     if fmt is not None:  # (the format makes K a multiple of the block's weights)
         out[f"{name}.{fmt.kind}"] = torch.from_numpy(fmt.repack(raw, n, k))
         if kernels:  # torch's form too only where the kernels cannot run (attach converts if need be)
