@@ -7,7 +7,8 @@ the GGUF path runs torch's int4/int8 kernels instead, which compute the same mod
 quickly: `status()` says which and why. `GEMMA_LSP_NATIVE=0` turns them off,
 `GEMMA_LSP_NATIVE=avx2` keeps to the AVX2 kernels. With AVX512-VNNI, Q4_K and Q6_K weights
 run as tiles of 16 output columns (tiles(), kernels/tiles.h), and the lean forward's attention
-runs attend() (kernels/attend.h).
+runs attend() (kernels/attend.h) and its norms, rotary embedding and gated product
+rms_norm(), rope() and silu_mul() (kernels/pointwise.h).
 """
 
 from __future__ import annotations
@@ -154,6 +155,21 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int, scale:
     """Causal attention of q [1, H, m, D] over k, v [1, KV, ≥ start + m, D]: row r sees positions
     0..start + r (kernels/attend.h)."""
     return torch.ops.gemma_lsp.attend(q, k, v, start, scale)
+
+
+def rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' Llama/Qwen2 RMSNorm of x [1, m, D] in one call (kernels/pointwise.h)."""
+    return torch.ops.gemma_lsp.rms_norm(x, w, eps)
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, heads: int) -> torch.Tensor:
+    """Rotary embedding of x [1, m, heads·D] (a q or k projection) -> [1, heads, m, D]."""
+    return torch.ops.gemma_lsp.rope(x, cos, sin, heads)
+
+
+def silu_mul(g: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """silu(g)·u of [1, m, I] views (the fused gate/up projection's halves)."""
+    return torch.ops.gemma_lsp.silu_mul(g, u)
 
 
 def mm(kind: str, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

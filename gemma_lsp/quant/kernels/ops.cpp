@@ -10,6 +10,7 @@
 #include "avx512.h"
 #include "tiles.h"
 #include "attend.h"
+#include "pointwise.h"
 
 namespace gl {
 namespace {
@@ -187,6 +188,63 @@ at::Tensor attend(const at::Tensor& q_, const at::Tensor& k, const at::Tensor& v
   return out.to(q_.scalar_type());
 }
 
+// [1, m, D]-shaped activations as rows: (pointer offset 0, rows m, row stride), last stride 1
+// f(T{}) with T the kernel type of a bfloat16 or float32 tensor (check_rows admits only those)
+template <typename F>
+void typed(at::ScalarType t, F f) {
+  if (t == at::kBFloat16)
+    f(bf16{});
+  else
+    f(float{});
+}
+
+void check_rows(const at::Tensor& x, const char* op) {
+  TORCH_CHECK(x.dim() == 3 && x.size(0) == 1 && x.stride(2) == 1, op, ": wants [1, rows, features], features contiguous");
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kFloat, op, ": bfloat16 or float32");
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w_, double eps) {
+  check_rows(x, "rms_norm");
+  const at::Tensor w = w_.to(x.scalar_type()).contiguous();
+  TORCH_CHECK(w.numel() == x.size(2), "rms_norm: ", w.numel(), " weights for ", x.size(2), " features");
+  at::Tensor y = at::empty(x.sizes(), x.options());
+  typed(x.scalar_type(), [&](auto zero) {
+    using scalar_t = decltype(zero);
+    rms_norm_rows<scalar_t>(x.data_ptr<scalar_t>(), x.stride(1), w.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
+                            x.size(2), x.size(1), x.size(2), (float)eps);
+  });
+  return y;
+}
+
+// x [1, m, heads·D] -> [1, heads, m, D]; cos, sin [1, m, D] in x's dtype
+at::Tensor rope(const at::Tensor& x, const at::Tensor& cos_, const at::Tensor& sin_, int64_t heads) {
+  check_rows(x, "rope");
+  TORCH_CHECK(heads > 0 && x.size(2) % heads == 0, "rope: ", x.size(2), " features are not ", heads, " heads");
+  const int64_t m = x.size(1), D = x.size(2) / heads;
+  TORCH_CHECK(D % 2 == 0 && cos_.numel() == m * D && sin_.numel() == m * D, "rope: cos and sin must be [m, ", D, "]");
+  const at::Tensor cos = cos_.to(x.scalar_type()).contiguous(), sin = sin_.to(x.scalar_type()).contiguous();
+  at::Tensor y = at::empty({1, heads, m, D}, x.options());
+  typed(x.scalar_type(), [&](auto zero) {
+    using scalar_t = decltype(zero);
+    rope_rows<scalar_t>(x.data_ptr<scalar_t>(), x.stride(1), cos.data_ptr<scalar_t>(), sin.data_ptr<scalar_t>(),
+                        y.data_ptr<scalar_t>(), m, heads, D);
+  });
+  return y;
+}
+
+at::Tensor silu_mul(const at::Tensor& g, const at::Tensor& u) {
+  check_rows(g, "silu_mul");
+  check_rows(u, "silu_mul");
+  TORCH_CHECK(g.sizes() == u.sizes() && g.scalar_type() == u.scalar_type(), "silu_mul: g and u must match");
+  at::Tensor y = at::empty(g.sizes(), g.options());
+  typed(g.scalar_type(), [&](auto zero) {
+    using scalar_t = decltype(zero);
+    silu_mul_rows<scalar_t>(g.data_ptr<scalar_t>(), g.stride(1), u.data_ptr<scalar_t>(), u.stride(1),
+                            y.data_ptr<scalar_t>(), g.size(1), g.size(2));
+  });
+  return y;
+}
+
 at::Tensor q4k_mm(const at::Tensor& x, const at::Tensor& w) { return run(x, w, Q4K); }
 at::Tensor q5k_mm(const at::Tensor& x, const at::Tensor& w) { return run(x, w, Q5K); }
 at::Tensor q6k_mm(const at::Tensor& x, const at::Tensor& w) { return run(x, w, Q6K); }
@@ -221,5 +279,8 @@ TORCH_LIBRARY(gemma_lsp, m) {
   m.def("q4k_tiled_mm(Tensor x, Tensor w) -> Tensor", &gl::q4k_tiled_mm);
   m.def("q6k_tiled_mm(Tensor x, Tensor w) -> Tensor", &gl::q6k_tiled_mm);
   m.def("attend(Tensor q, Tensor k, Tensor v, int start, float scale) -> Tensor", &gl::attend);
+  m.def("rms_norm(Tensor x, Tensor w, float eps) -> Tensor", &gl::rms_norm);
+  m.def("rope(Tensor x, Tensor cos, Tensor sin, int heads) -> Tensor", &gl::rope);
+  m.def("silu_mul(Tensor g, Tensor u) -> Tensor", &gl::silu_mul);
   m.def("isa(str want) -> str", &gl::isa);
 }
