@@ -60,7 +60,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .machine import cpu_name, loadavg
+from .machine import cpu_name, isa_flags, loadavg
 
 DEFAULT_DRAFTERS = ("none", "ngram", "auto")
 TIME_BUDGET_MS = 3_600_000  # an hour: no run is ever cut by time
@@ -142,6 +142,7 @@ def machine_info(completer, args: argparse.Namespace) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu": cpu_name(),
+        "isa": isa_flags(),
         "cpu_count": os.cpu_count(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -153,10 +154,28 @@ def machine_info(completer, args: argparse.Namespace) -> dict[str, Any]:
         "draft_model": completer.built.draft.name if completer.built.draft else None,
         "fim_family": completer.prompter.family,
     }
+    cost = getattr(completer.engine, "cost", None)
+    info["cost_curve_ms"] = {k: round(v, 1) for k, v in cost.ms.items()} if cost else None
     if p.device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(p.device)
     info["loadavg_before"] = loadavg()
     return info
+
+
+def cpu_line(info: dict[str, Any]) -> str:
+    """The CPU, its instruction sets, the cost curve and the memory floor: figures from one
+    machine say nothing about another."""
+    out = f"cpu: {info['cpu']} ({info['cpu_count']} cores; {' '.join(info['isa']) or 'no AVX2'})"
+    if info.get("cost_curve_ms"):
+        c = info["cost_curve_ms"]
+        one = c.get(1) or c.get("1")
+        ratios = ", ".join(f"{k}: {v} ms ({v / one:.2f}x)" for k, v in c.items()) if one else ""
+        out += f"\ncost of a forward by rows: {ratios}"
+    if info.get("memory_floor"):
+        from .bandwidth import line
+
+        out += "\n" + line(info["memory_floor"])
+    return out
 
 
 def announce(info: dict[str, Any], load_s: float, noisy: str) -> None:
@@ -270,6 +289,10 @@ def run(args: argparse.Namespace) -> int:
 
     info["loadavg_after"] = loadavg()
     summary = summarize(rows, drafters)
+    if "none" in summary and summary["none"]["decode_tok_s"] and info["device"] == "cpu":
+        from . import bandwidth
+
+        info["memory_floor"] = bandwidth.ceiling(engine.model, {"none": 1e3 / summary["none"]["decode_tok_s"]})
     print_table(summary, info, len(tasks))
     if args.json:
         out = {
@@ -339,6 +362,7 @@ def print_table(summary: dict[str, dict[str, Any]], info: dict[str, Any], n_task
 
     print(f"\nspeculative decoding, {n_tasks} HumanEval multi-line FIM tasks; {info['model']} on "
           f"{info['device']} {info['dtype']} (torch {info['torch']}, {info['threads']} threads)")
+    print(cpu_line(info))
     head = (f"{'drafter':<10}{'tasks':>6}{'tokens':>8}{'tok/s':>8}{'x tot':>7}{'x med':>7}{'accept':>14}"
             f"{'fwd/tok':>9}{'identical':>11}{'pass@1':>8}{'e2e med':>9}")
     print(head)

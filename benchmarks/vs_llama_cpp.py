@@ -41,10 +41,10 @@ def _run(args: argparse.Namespace, gguf: Path) -> int:
     from gemma_lsp.complete.completer import Completer
     from gemma_lsp.config import Settings
 
-    from . import humaneval
+    from . import bandwidth, humaneval
     from .llama_engine import LlamaCppEngine
     from .machine import loadavg
-    from .speculative import machine_info
+    from .speculative import cpu_line, machine_info
 
     base = Settings().merged({"model": args.model or (str(gguf) if args.gguf else None), "dtype": args.dtype,
                               "timeBudgetMs": 60_000, "maxTokens": args.max_tokens})
@@ -58,7 +58,6 @@ def _run(args: argparse.Namespace, gguf: Path) -> int:
     info = machine_info(completer, args)
     info.update(weights=completer.target.weights, llama_cpp_threads=llama.threads, gguf=gguf.name,
                 load_s={"ours": round(ours_load, 2), "llama.cpp": round(llama_load, 2)},
-                cost_curve_ms={k: round(v, 1) for k, v in (ours.cost.ms.items() if ours.cost else [])},
                 date=time.strftime("%Y-%m-%d"))
     print(f"ours: {completer.target.weights}; llama.cpp: {llama.threads} threads; load average {loadavg()}",
           file=sys.stderr)
@@ -68,9 +67,13 @@ def _run(args: argparse.Namespace, gguf: Path) -> int:
     res: dict[str, Any] = {"info": info}
     res["prefill"] = prefill(completer, engines, problems, args.prefill_tokens)
     res["decode"] = decode(completer, engines, problems, args.decode_prompts, args.decode_tokens)
+    info["memory_floor"] = bandwidth.ceiling(ours.model, {name: res["decode"][label]["ms_per_token"]
+                                                          for name, label in (("ours", "ours (plain)"),
+                                                                              ("llama.cpp", "llama.cpp"))})
     tasks = humaneval.sample(humaneval.single_line_tasks(problems), args.tasks, args.seed)
     res["tasks"] = per_task(completer, engines, tasks, args.keystrokes)
     res["summary"] = summarize(res)
+    print(cpu_line(info))
     print(table(res["summary"]))
     if args.drift:
         spec = args.model or (str(gguf) if args.gguf else None)

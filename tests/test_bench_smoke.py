@@ -33,8 +33,12 @@ def test_bench_speculative_json_and_exactness(tiny_qwen_dir, tmp_path, capsys, m
     assert rc == 0  # (random weights leave any code block at once: decode the full 40 tokens instead)
     printed = capsys.readouterr().out
     assert "drafter" in printed and "identical" in printed
+    assert "cpu: " in printed and "cost of a forward by rows: 1: 10.0 ms (1.00x), 17: 10.5 ms (1.05x)" in printed
+    assert "memory floor of a one-token step" in printed
     d = json.loads(out.read_text())
     assert d["drafters"] == ["none", "ngram", "auto"]
+    floor = d["machine"]["memory_floor"]
+    assert floor["weights_mb_per_token"] > 0 and floor["read_gb_s"] > 0 and floor["step_over_floor"]["none"] > 0
     assert len(d["tasks"]) == 2
     m = d["machine"]
     for key in ("torch", "threads", "dtype", "model", "device"):

@@ -1,7 +1,9 @@
 """A loaded model's forward-cost curve, measured once per machine and kept on disk.
 
 The curve decides the hybrid switch and the draft length (engine/costs.py); measuring it
-takes ~20 s, so it is remembered per (model, weights, torch, CPU, threads).
+takes ~20 s, so it is remembered per (model, weights, torch, CPU, threads, and the code
+that runs a forward: a curve measured before a faster lean forward would make the engine
+draft as if verifying still cost what it did).
 """
 
 from __future__ import annotations
@@ -17,17 +19,31 @@ import torch
 
 from ..engine.costs import CostCurve, measure
 from ..paths import models_dir, write_atomic
+from ..quant import lean
 from ..quant.linear import set_max_rows
+
+FORWARD_CODE = (Path(lean.__file__).parent, ("lean.py", "linear.py", "native.py", "kernels"))
+
+
+def forward_code_key() -> str:
+    """A hash of the sources that set what a forward costs (quant/'s lean forward, Linears, kernels)."""
+    root, names = FORWARD_CODE
+    h = hashlib.sha256()
+    for name in names:
+        for f in sorted((root / name).rglob("*")) if (root / name).is_dir() else [root / name]:
+            if f.is_file():
+                h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()[:12]
 
 if TYPE_CHECKING:
     from .loader import Loaded
 
 
 def cached_measure(model: torch.nn.Module, key: str, directory: Path, refresh: bool = False) -> CostCurve:
-    """`measure`, remembered per (model, weights, torch, CPU) in `directory`.
+    """`measure`, remembered per (model, weights, forward code, torch, CPU) in `directory`.
 
     Measured on a busy machine, the curve is skewed: `gemma-lsp prepare --remeasure` redoes it."""
-    ident = f"{key}|{torch.__version__}|{platform.processor()}|{platform.machine()}|{torch.get_num_threads()}|{os.cpu_count()}"
+    ident = f"{key}|{forward_code_key()}|{torch.__version__}|{platform.processor()}|{platform.machine()}|{torch.get_num_threads()}|{os.cpu_count()}"
     path = directory / f"cost-{hashlib.sha256(ident.encode()).hexdigest()[:16]}.json"
     try:
         if refresh:
