@@ -9,25 +9,16 @@
 // Math, per query row r (position start + r) and head h (key/value head h / (H / KV)):
 //   s_j = scale · q·k_j for j = 0..start + r;  p_j = exp(s_j − max s) / Σ exp(s − max s)
 //   out = Σ_j p_j · v_j
-// in float32, eight lanes of head_dim at a time (a scalar tail past the last eight), the
-// sums over j in order. Each (row, head) is computed by one thread from its own inputs: a
+// in float32, eight lanes of head_dim at a time (a scalar tail past the last eight), e^x by
+// vec.h's exp8 (a scalar tail past the last eight positions), the sums over j in order. Each (row, head) is computed by one thread from its own inputs: a
 // k-row verify yields bit for bit what k one-row steps yield.
 #pragma once
 #include <vector>
 
 #include "common.h"
+#include "vec.h"
 
 namespace gl {
-
-inline float to_float(float v) { return v; }
-inline float to_float(c10::BFloat16 v) { return static_cast<float>(v); }
-
-// eight values from p as float lanes
-inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-inline __m256 load8(const c10::BFloat16* p) {  // bf16 is the high half of a float32
-  const __m128i h = _mm_loadu_si128((const __m128i*)p);
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
 
 constexpr int64_t MAX_HEAD_DIM = 512;
 
@@ -42,17 +33,27 @@ void attend_one(const float* q, const T* k, const T* v, Strided ks, Strided vs, 
   s.resize(n);
   const int64_t D8 = D / 8 * 8;
   float top = -INFINITY;
-  for (int64_t j = 0; j < n; ++j) {
+  for (int64_t j = 0; j < n; ++j) {  // four accumulators: one FMA chain per 8 lanes would wait on itself
     const T* kj = k + j * ks.pos;
-    __m256 acc = _mm256_setzero_ps();
-    for (int64_t d = 0; d < D8; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), load8(kj + d), acc);
-    float dot = hsum256(acc);
-    for (int64_t d = D8; d < D; ++d) dot += q[d] * to_float(kj[d]);
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int64_t d = 0;
+    for (; d + 32 <= D8; d += 32) {
+      a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), load8(kj + d), a0);
+      a1 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d + 8), load8(kj + d + 8), a1);
+      a2 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d + 16), load8(kj + d + 16), a2);
+      a3 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d + 24), load8(kj + d + 24), a3);
+    }
+    for (; d < D8; d += 8) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(q + d), load8(kj + d), a0);
+    float dot = hsum256(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (d = D8; d < D; ++d) dot += q[d] * to_float(kj[d]);
     s[j] = dot * scale;
     top = std::max(top, s[j]);
   }
+  int64_t j = 0;  // e^(s − top), eight positions at a time; which lane a position takes depends on j only
+  for (; j + 8 <= n; j += 8) _mm256_storeu_ps(&s[j], exp8(_mm256_sub_ps(_mm256_loadu_ps(&s[j]), _mm256_set1_ps(top))));
+  for (; j < n; ++j) s[j] = std::exp(s[j] - top);
   float total = 0.f;
-  for (int64_t j = 0; j < n; ++j) total += s[j] = std::exp(s[j] - top);
+  for (j = 0; j < n; ++j) total += s[j];
   const float inv = 1.f / total;
   __m256 acc8[MAX_HEAD_DIM / 8];
   for (int64_t d = 0; d < D8; d += 8) acc8[d / 8] = _mm256_setzero_ps();

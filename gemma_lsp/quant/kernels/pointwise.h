@@ -15,7 +15,7 @@
 #pragma once
 #include <ATen/Parallel.h>
 
-#include "attend.h"  // load8
+#include "vec.h"
 
 #include <algorithm>
 #include <cmath>
@@ -63,24 +63,6 @@ void rope_rows(const T* x, int64_t sx, const T* cos, const T* sin, T* y, int64_t
       }
     }
   });
-}
-
-// e^x for eight lanes, Cephes' expf: x = n·ln2 + r (|r| ≤ ln2/2), e^r by a degree-7 polynomial
-// (1 + r + r²·p(r)), times 2^n; relative error ~2e-7 over [−87, 88]
-inline __m256 exp8(__m256 x) {
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
-  const __m256 n = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  const __m256 e = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.f));
-  const __m256i pow2n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(e, _mm256_castsi256_ps(pow2n));
 }
 
 constexpr int64_t SPAN = 512;  // columns per unit of work: a unit never starts mid-vector
