@@ -250,8 +250,8 @@ def _write(layer: Any, name: str, new: torch.Tensor) -> torch.Tensor:
         buf = old.new_empty((*old.shape[:-2], n + m + ROOM, old.shape[-1]))
         buf[..., :n, :] = old
         setattr(layer, f"_lean_{name}", buf)
-    buf[..., n : n + m, :] = new
-    return buf[..., : n + m, :]
+    buf.narrow(-2, n, m).copy_(new)  # narrow, not buf[..., n:n + m, :]: Python slicing costs ~15 µs a call
+    return buf.narrow(-2, 0, n + m)
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
