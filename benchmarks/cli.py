@@ -101,7 +101,7 @@ def _vs_llama_cpp_args(sub: Any) -> None:
     v.add_argument("--seed", type=int, default=1, help="task sample seed (default 1: not bench quality's 0)")
     v.add_argument("--max-tokens", type=int, default=64)
     v.add_argument("--prefill-tokens", type=int, default=512)
-    v.add_argument("--decode-prompts", type=int, default=4)
+    v.add_argument("--decode-prompts", type=int, default=8)
     v.add_argument("--decode-tokens", type=int, default=64)
     v.add_argument("--drift", type=int, default=0, metavar="N",
                    help="also measure each engine's mean KL from the file's model in float32 on N FIM prompts "
