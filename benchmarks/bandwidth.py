@@ -43,9 +43,10 @@ def step_bytes(model: torch.nn.Module) -> int:
     return total + sum(size(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear) and id(m) not in dense)
 
 
-def ceiling(model: torch.nn.Module, steps_ms: dict[str, float | None]) -> dict[str, Any]:
-    """The floor of a one-token step on this machine, and each measured step ÷ that floor."""
-    gb_s = read_gb_s()
+def ceiling(model: torch.nn.Module, steps_ms: dict[str, float | None], gb_s: float | None = None) -> dict[str, Any]:
+    """The floor of a one-token step on this machine, and each measured step ÷ that floor;
+    `gb_s`: the bandwidth sampled while the steps ran (else measured now)."""
+    gb_s = gb_s or read_gb_s()
     nbytes = step_bytes(model)
     floor_ms = nbytes / (gb_s * 1e9) * 1e3
     return {"weights_mb_per_token": round(nbytes / 1e6, 1), "read_gb_s": round(gb_s, 1),

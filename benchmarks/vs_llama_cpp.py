@@ -69,7 +69,8 @@ def _run(args: argparse.Namespace, gguf: Path) -> int:
     res["decode"] = decode(completer, engines, problems, args.decode_prompts, args.decode_tokens)
     info["memory_floor"] = bandwidth.ceiling(ours.model, {name: res["decode"][label]["ms_per_token"]
                                                           for name, label in (("ours", "ours (plain)"),
-                                                                              ("llama.cpp", "llama.cpp"))})
+                                                                              ("llama.cpp", "llama.cpp"))},
+                                             res["decode"]["read_gb_s_median"])
     tasks = humaneval.sample(humaneval.single_line_tasks(problems), args.tasks, args.seed)
     res["tasks"] = per_task(completer, engines, tasks, args.keystrokes)
     res["summary"] = summarize(res)
@@ -116,13 +117,17 @@ def decode(completer, engines, problems, n_prompts: int, n_tokens: int) -> dict[
     measured that drift as much as the engines (decode ratio 1.09 in one run, 0.84 in the next)."""
     from gemma_lsp.engine.request import GenerateRequest
 
+    from . import bandwidth
+
     prompts = [completer.prompter.encode(p["prompt"]) for p in list(problems.values())[:n_prompts]]
     runs = {"ours (plain)": ("ours", "none"), "ours (speculative)": ("ours", "auto"), "llama.cpp": ("llama.cpp", "none")}
     out: dict[str, Any] = {"prompts": len(prompts), "tokens": n_tokens}
     outputs: dict[str, list[list[int]]] = {label: [] for label in runs}
     toks = dict.fromkeys(runs, 0)
     ms = dict.fromkeys(runs, 0.0)
+    gb_s: list[float] = []  # the read bandwidth between prompts: the memory floor's, as it drifts with the runs
     for p in prompts:
+        gb_s.append(bandwidth.read_gb_s(reps=1))
         for label, (name, drafter) in runs.items():
             eng = engines[name]
             eng.cache.clear()
@@ -136,6 +141,7 @@ def decode(completer, engines, problems, n_prompts: int, n_tokens: int) -> dict[
     same = sum(a == b for a, b in zip(outputs["ours (speculative)"], outputs["ours (plain)"]))
     out["speculative_identical_to_plain"] = f"{same} of {len(prompts)}"
     out["same_tokens_as_llama_cpp"] = sum(a == b for a, b in zip(outputs["ours (plain)"], outputs["llama.cpp"]))
+    out["read_gb_s_median"] = round(statistics.median(gb_s), 1) if gb_s else None
     eng_clear(engines)
     return out
 
