@@ -15,7 +15,7 @@ from transformers import DynamicCache, LlamaConfig
 from gemma_lsp.engine import Engine, GenerateRequest
 from gemma_lsp.engine.cache import truncate
 from gemma_lsp.engine.costs import CostCurve
-from gemma_lsp.quant import lean
+from gemma_lsp.quant import lean, native
 from gemma_lsp.quant.linear import HybridLinear, Int4Linear, set_max_rows
 from gemma_lsp.quant.model import attach
 from test_quant import _quantize_tiny
@@ -40,11 +40,20 @@ def prompt(n: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(3, VOCAB, (1, n), generator=torch.Generator().manual_seed(seed))
 
 
+def use_native(model: torch.nn.Module, on: bool) -> None:
+    """Run the lean forward's layers on our kernels (native_layer) or in torch ops (torch_layer)."""
+    if on and not native.available():
+        pytest.skip(f"native kernels: {native.status()}")
+    model.forward.native = on
+
+
+@pytest.mark.parametrize("on", [True, False], ids=["native", "torch-ops"])
 @pytest.mark.parametrize("build", [qwen2, llama])
 @torch.inference_mode()
-def test_lean_forward_computes_what_transformers_computes(build, tmp_path):
+def test_lean_forward_computes_what_transformers_computes(build, on, tmp_path):
     model = quantized(build, tmp_path)
     assert lean.installed(model)
+    use_native(model, on)
     ids = prompt(20)
     for rows in (1, 3, 4):  # after a dense prompt pass, as in decoding
         ours, theirs = DynamicCache(), DynamicCache()
@@ -62,10 +71,12 @@ def test_lean_forward_computes_what_transformers_computes(build, tmp_path):
             torch.testing.assert_close(a.values, b.values, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("on", [True, False], ids=["native", "torch-ops"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @torch.inference_mode()
-def test_a_verify_forward_equals_one_token_steps_bit_for_bit(tmp_path, dtype):
+def test_a_verify_forward_equals_one_token_steps_bit_for_bit(tmp_path, dtype, on):
     model = quantized(qwen2, tmp_path, dtype, max_rows=8)
+    use_native(model, on)
     cache = DynamicCache()
     model(input_ids=prompt(30), cache=cache)
     feed = prompt(8, seed=9)

@@ -4,8 +4,10 @@ Why it exists:
   * Speed. A one-token step of the default 1.5B model on 2 cores reads ~1 GB of
     weights and spends ~20 ms more in transformers' per-layer Python and small ops.
     This path runs the same math with fewer calls: sibling Linears that read the same
-    input (q/k/v, gate/up) share one kernel call, and masks, kwargs
-    plumbing and the generic attention dispatch are skipped.
+    input (q/k/v, gate/up) share one kernel call, masks, kwargs plumbing and the generic
+    attention dispatch are skipped, and where our kernels run, the norms, rotary embedding
+    and gated product are one native op each (kernels/pointwise.h: ~6 ms of a ~45 ms step
+    on 2 AMD EPYC cores, measured against torch's ops alternating in one process).
   * Exactness. Attention runs row by row: row r of a k-row verify attends over the
     first p0 + r + 1 keys with the very kernel and shapes a one-token step uses, and
     every other op computes each row alone. So a verify forward yields, bit for bit,
