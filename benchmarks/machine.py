@@ -29,10 +29,8 @@ ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_i
 
 
 def isa_flags() -> list[str]:
-    """The instruction sets that decide which kernels can run (/proc/cpuinfo), in a fixed order."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            flags = next((set(line.split(":", 1)[1].split()) for line in fh if line.startswith("flags")), set())
-    except OSError:
-        return []
+    """The instruction sets that decide which kernels can run, in a fixed order."""
+    from gemma_lsp.quant.native import cpu_flags  # /proc/cpuinfo, read where the kernels read it
+
+    flags = cpu_flags()
     return [f for f in ISA_FLAGS if f in flags]

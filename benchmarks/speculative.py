@@ -168,7 +168,7 @@ def cpu_line(info: dict[str, Any]) -> str:
     out = f"cpu: {info['cpu']} ({info['cpu_count']} cores; {' '.join(info['isa']) or 'no AVX2'})"
     if info.get("cost_curve_ms"):
         c = info["cost_curve_ms"]
-        one = c.get(1) or c.get("1")
+        one = c.get(1)
         ratios = ", ".join(f"{k}: {v} ms ({v / one:.2f}x)" for k, v in c.items()) if one else ""
         out += f"\ncost of a forward by rows: {ratios}"
     if info.get("memory_floor"):
