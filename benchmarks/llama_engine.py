@@ -52,8 +52,9 @@ class LlamaCppEngine(Backend):
         """The tokens whose KV llama.cpp holds (its `input_ids` up to `n_tokens`)."""
         return self.llm.input_ids[: self.llm.n_tokens].tolist()
 
-    def warm(self, prompt: list[int], stop=None) -> Stats:
-        """Evaluate `prompt` past the prefix llama.cpp already holds, as `generate` would."""
+    def warm(self, prompt: list[int], stop=None, cuts=()) -> Stats:
+        """Evaluate `prompt` past the prefix llama.cpp already holds, as `generate` would
+        (whole: llama.cpp's engine has no deferral, `cuts` is ignored)."""
         stats = Stats(prompt_tokens=len(prompt), drafter="none")
         n = min(common_prefix(self.held(), prompt), max(len(prompt) - 1, 0))
         t0 = time.perf_counter()

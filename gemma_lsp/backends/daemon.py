@@ -26,6 +26,7 @@ import torch
 
 from .. import threads
 from ..engine import Engine, GenerateRequest
+from ..engine.deferral import check_cuts
 from ..names import DRAFTERS
 from .daemon_wire import Handler, PeerCheckedServer
 
@@ -117,6 +118,10 @@ class Daemon:
             raise ValueError("stop_token_ids must be a list of token ids")
         if str(ext.get("drafter") or "auto") not in DRAFTERS:
             raise ValueError(f"gemma.drafter must be one of {', '.join(DRAFTERS)}")
+        cuts = ext.get("cuts") or []
+        if not isinstance(cuts, list):
+            raise ValueError("gemma.cuts must be a list of token offsets")
+        check_cuts(cuts, len(prompt))
         suggestion = ext.get("suggestion")
         if suggestion is not None and not (isinstance(suggestion, list) and all(isinstance(t, int) for t in suggestion)):
             raise ValueError("gemma.suggestion must be a list of token ids")
@@ -128,6 +133,7 @@ class Daemon:
             seed=body.get("seed") if isinstance(body.get("seed"), int) else None,
             stop_event=stop, constraint=self._allow_list(body.get("logit_bias")),
             draft_group=str(ext.get("language") or ""), retrieval=bool(ext.get("retrieval", True)),
+            cuts=tuple(cuts),
         )
 
     def _eos(self) -> frozenset[int]:
@@ -164,7 +170,7 @@ class Daemon:
                     return None  # its client left (or a request preempted it) while it waited
                 threads.share()  # this engine's share of the cores, if other engines run here
                 if warm:
-                    return self.engine.warm(req.prompt, req.stop_event)
+                    return self.engine.warm(req.prompt, req.stop_event, req.cuts)
                 self.requests += 1
                 return self.engine.generate(req)
         finally:

@@ -98,10 +98,10 @@ class LocalBackend(OpenAIBackend):
             self.ensure()
             return super().generate(req)
 
-    def warm(self, prompt, stop=None):
+    def warm(self, prompt, stop=None, cuts=()):
         if self._session is None or not self._session.is_alive():  # no daemon: never start one for a warm-up
             return Stats(prompt_tokens=len(prompt))
-        return super().warm(prompt, stop)
+        return super().warm(prompt, stop, cuts)
 
     def ensure(self) -> None:
         """Connect to the daemon, starting it first if no one answers."""

@@ -25,6 +25,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,16 +111,17 @@ class OpenAIBackend(Backend):
         self._ok()
         return res
 
-    def warm(self, prompt: list[int], stop: threading.Event | None = None) -> Stats:
+    def warm(self, prompt: list[int], stop: threading.Event | None = None, cuts: Sequence[int] = ()) -> Stats:
         """A one-token request: servers with prefix caching (vLLM, SGLang, llama-server's
-        `cache_prompt`, the daemon) keep the prompt's KV for the request that follows."""
+        `cache_prompt`, the daemon) keep the prompt's KV for the request that follows. Only
+        the daemon reads `cuts`; other servers get the whole prompt."""
         stats = Stats(prompt_tokens=len(prompt), drafter="remote")
         if not prompt or time.monotonic() < self._down_until:
             return stats
         t0 = time.perf_counter()
         body = self._body(prompt, 1, GenerateRequest(prompt=prompt), stream=False)
         if self.extensions:
-            body["gemma"] = {"warm": True}
+            body["gemma"] = {"warm": True, "cuts": list(cuts)}
         try:
             if not self._ready:
                 self.connect()
@@ -213,7 +215,7 @@ class OpenAIBackend(Backend):
             body["seed"] = req.seed
         if self.extensions:
             body["gemma"] = {"drafter": req.drafter, "suggestion": req.suggestion, "language": req.draft_group,
-                             "retrieval": req.retrieval}
+                             "retrieval": req.retrieval, "cuts": list(req.cuts)}
         return body
 
     def _send(self, call, body: dict[str, Any], ids: list[int], stop):

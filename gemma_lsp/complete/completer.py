@@ -181,6 +181,7 @@ class Completer:
             stop_after=self._block_end(prompt.healed, line_prefix, suffix) if settings.stop_at_block_end and not single else None,
             draft_group=snap.language,
             retrieval=snap.language in corpus.LANGUAGES and settings.retrieval != "none",
+            cuts=prompt.cuts,
         )
         if settings.log_prompts:
             log.debug("prompt for %s: %r", snap.uri, self.prompter.decode(prompt.ids))
@@ -198,7 +199,7 @@ class Completer:
         """Prefill the prompt that a request at `snap`'s cursor would build, so that the
         request (or the next keystroke there, which only extends it) reuses its KV."""
         prompt, _, _ = self._prompt(snap, settings)
-        return self.backend.warm(prompt.ids, stop)
+        return self.backend.warm(prompt.ids, stop, prompt.cuts)
 
     def _prompt(self, snap: Snapshot, settings: Settings):
         """The prompt at the cursor, with the prefix and suffix windows it was built from."""

@@ -93,6 +93,7 @@ class Prompt:
     ids: list[int]
     healed: str  # text cut off the prefix; the completion must start with it
     stop_ids: frozenset[int]
+    cuts: tuple[int, ...] = ()  # where each extra chunk begins, then where the rest does (GenerateRequest.cuts)
 
 
 @dataclass
@@ -160,22 +161,28 @@ class Prompter:
         healed, prefix = prefix[len(prefix) - cut :], prefix[: len(prefix) - cut]
         t, sp = self.template, self._special
         ids: list[int] = []
-        if t.pre is None:  # emulated FIM: plain text that still ends with the prefix
+        cuts: list[int] = []  # each extra chunk encoded alone, so a prompt cut at these is a prompt
+
+        def chunks(fmt) -> None:
             for p, text in extras:
-                ids += self.encode(f"# File: {p}\n{text}\n\n")
+                cuts.append(len(ids))
+                ids.extend(fmt(p, text))
+            if extras:
+                cuts.append(len(ids))
+
+        if t.pre is None:  # emulated FIM: plain text that still ends with the prefix
+            chunks(lambda p, text: self.encode(f"# File: {p}\n{text}\n\n"))
             if suffix.strip():
                 ids += self.encode(f"# File: {path or 'current file'} (the code that follows the cursor)\n{suffix}\n\n")
             ids += self.encode(f"# File: {path or 'current file'}\n")
             ids += self.encode(prefix)
-            return Prompt(ids, healed, self.stop_ids)
+            return Prompt(ids, healed, self.stop_ids, tuple(cuts))
         if t.file_sep is not None and t.file_sep in sp:
-            for p, text in extras:
-                ids += [sp[t.file_sep]] + self.encode(f"{p}\n{text}\n")
+            chunks(lambda p, text: [sp[t.file_sep]] + self.encode(f"{p}\n{text}\n"))
             if extras or path:
                 ids += [sp[t.file_sep]] + self.encode(f"{path or 'current'}\n")
         else:
-            for p, text in extras:
-                ids += self.encode(f"// File: {p}\n{text}\n")
+            chunks(lambda p, text: self.encode(f"// File: {p}\n{text}\n"))
         if t.layout == "spm":
             if self.family == "codestral":  # [SUFFIX]suffix[PREFIX]prefix
                 ids += [sp[t.suf]] + self.encode(suffix) + [sp[t.pre]] + self.encode(prefix)
@@ -183,7 +190,7 @@ class Prompter:
                 ids += [sp[t.pre], sp[t.suf]] + self.encode(suffix) + [sp[t.mid]] + self.encode(prefix)
         else:
             ids += [sp[t.pre]] + self.encode(prefix) + [sp[t.suf]] + self.encode(suffix) + [sp[t.mid]]
-        return Prompt(ids, healed, self.stop_ids)
+        return Prompt(ids, healed, self.stop_ids, tuple(cuts))
 
     # --- token healing --------------------------------------------------------------
 

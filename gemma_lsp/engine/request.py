@@ -47,6 +47,10 @@ class GenerateRequest:
     # group (the completer passes the document's language; the engine never reads it).
     draft_group: str = ""
     retrieval: bool = True  # auto may draft from the engine's retrieval index (the caller knows its corpus fits)
+    # Token offsets where other files' chunks begin, the last one where the rest (the
+    # current file) begins: an engine that knows its cache may leave out the chunks it has
+    # not cached yet, when that saves enough of the prompt pass (engine/deferral.py).
+    cuts: tuple[int, ...] = ()
 
 
 @dataclass
@@ -63,6 +67,7 @@ class Stats:
     drafter: str = "none"
     drafted_by: dict[str, list[int]] = field(default_factory=dict)  # name -> [drafted, accepted]
     draft_reused_tokens: int = 0
+    deferred_tokens: int = 0  # other files' chunks left out of the prompt, not cached yet (engine/deferral.py)
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -126,6 +131,7 @@ class Backend(Protocol):
         """Run one request to a stop; `req.stop_event` ends it early (reason "cancelled")."""
         ...
 
-    def warm(self, prompt: list[int], stop: threading.Event | None = None) -> Stats:
-        """Compute and keep the KV of `prompt` where the backend can; background work."""
+    def warm(self, prompt: list[int], stop: threading.Event | None = None, cuts: Sequence[int] = ()) -> Stats:
+        """Compute and keep the KV of `prompt` where the backend can; background work.
+        `cuts` as in GenerateRequest."""
         ...

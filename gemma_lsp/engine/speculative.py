@@ -16,7 +16,7 @@ ARCHITECTURE.md), and sampled output has exactly the target's distribution.
 
 from __future__ import annotations
 
-import threading
+import dataclasses
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -43,15 +43,11 @@ from .drafters import (
     TokenIndex,
     draft_reuse,
 )
+from .prompt_pass import PromptPass
 from .request import Backend, DecodeClock, GenerateRequest, GenerateResult, Stats, emit
 
-PREFILL_CHUNK = 256  # tokens per prefill forward: a cancel lands between chunks
-# A warm-up's chunks are smaller, so that a request preempting it waits less: a prompt
-# pass costs the same per token from 64 to 512 rows (measured, Xeon 2 cores: 151-167 tok/s).
-WARM_CHUNK = 128
 
-
-class Engine(Backend):
+class Engine(PromptPass, Backend):
     """Owns the target model, an optional draft model, and their prefix caches.
 
     Not thread-safe: the scheduler calls it from one thread only. It is the `inprocess`
@@ -134,60 +130,16 @@ class Engine(Backend):
             self._observer.observe(start, len(ids), out.hidden_states[-1][0], out.shared_kv_states)
         return out.logits[0].float()
 
-    # --- the prompt pass ---------------------------------------------------------------
-
-    def _prefill(self, prompt: list[int], stop: threading.Event | None, stats: Stats, chunk: int = PREFILL_CHUNK):
-        """Reuse the longest cached prefix, run the rest in chunks; keep >= 1 token to get
-        the next logits. No deadline here: a cut prompt pass would waste its work and answer
-        nothing. Returns (cache, the ids it holds, last logits, "cancelled" or None)."""
-        cache, reused = self.cache.take(prompt)
-        if reused >= len(prompt):
-            reused = len(prompt) - 1
-            truncate(cache, reused)
-        stats.reused_tokens = reused
-        cached: list[int] = list(prompt[:reused])  # tokens whose KV is in `cache`
-        logits = None
-        try:
-            for s in range(reused, len(prompt), chunk):
-                if stop is not None and stop.is_set():
-                    return cache, cached, None, "cancelled"
-                ids = prompt[s : s + chunk]
-                logits = self._forward(ids, cache, all_logits=False)[-1]
-                cached.extend(ids)
-                stats.target_forwards += 1
-                stats.prefill_forwards += 1
-        except BaseException:  # keep the reused prefix and the chunks done: the next request needs them
-            if restore(cache, len(cached)):
-                self.cache.put(cached, cache)
-            raise
-        return cache, cached, logits, None
-
-    @torch.inference_mode()
-    def warm(self, prompt: list[int], stop: threading.Event | None = None) -> Stats:
-        """Run the prompt pass of a likely next request and cache its KV, nothing else.
-
-        Background work: it stops between chunks when `stop` is set (keeping what it
-        computed), and stores its entry only where that evicts nothing."""
-        stats = Stats(prompt_tokens=len(prompt))
-        if not prompt:
-            return stats
-        t0 = time.perf_counter()
-        if (reused := self.cache.longest(prompt)) >= len(prompt) - 1:
-            stats.reused_tokens = reused  # already there (a request just ran here): nothing to do
-            return stats
-        cache, cached, _, _ = self._prefill(prompt, stop, stats, WARM_CHUNK)
-        stats.prefill_ms = (time.perf_counter() - t0) * 1e3
-        stats.tokens = len(cached) - stats.reused_tokens  # prompt tokens computed (less if preempted)
-        self.cache.put(cached, cache, evict=False)
-        return stats
-
     # --- the loop ------------------------------------------------------------------
 
     @torch.inference_mode()
     def generate(self, req: GenerateRequest) -> GenerateResult:
         if not req.prompt:
             raise ValueError("empty prompt")
-        stats = Stats(prompt_tokens=len(req.prompt))
+        prompt, deferred = self._prompt_now(req.prompt, req.cuts)
+        if deferred:  # other files' chunks not cached yet: left out of this request (deferral.py)
+            req = dataclasses.replace(req, prompt=prompt, cuts=())
+        stats = Stats(prompt_tokens=len(req.prompt), deferred_tokens=deferred)
         generator = None
         if req.temperature > 0:
             generator = torch.Generator(device="cpu")
