@@ -15,7 +15,9 @@ def test_a_curve_is_measured_once_and_again_when_the_forward_code_changes(tmp_pa
     (code / "kernels").mkdir(parents=True)
     for name in ("lean.py", "linear.py", "native.py", "kernels/ops.cpp"):
         (code / name).write_text("v1")
-    monkeypatch.setattr(cost_cache, "FORWARD_CODE", (code, ("lean.py", "linear.py", "native.py", "kernels")))
+    (tmp_path / "costs.py").write_text("ROWS = (1, 8)")
+    monkeypatch.setattr(cost_cache, "FORWARD_CODE", tuple(code / n for n in ("lean.py", "linear.py", "native.py", "kernels"))
+                        + (tmp_path / "costs.py",))
     measured: list[int] = []
 
     def measure(model):
@@ -33,9 +35,13 @@ def test_a_curve_is_measured_once_and_again_when_the_forward_code_changes(tmp_pa
     (code / "lean.py").write_text("v2")
     cost_cache.cached_measure(model, "m", tmp_path / "cache")
     assert len(measured) == 3
+    (tmp_path / "costs.py").write_text("ROWS = (1, 8, 128)")  # more rows measured: a curve that lacks them is stale
+    cost_cache.cached_measure(model, "m", tmp_path / "cache")
+    assert len(measured) == 4
 
 
 def test_the_key_covers_the_real_forward_code():
-    root, names = cost_cache.FORWARD_CODE
-    assert all((root / n).exists() for n in names)
-    assert (root / "kernels" / "pointwise.h").is_file() and len(cost_cache.forward_code_key()) == 12
+    assert all(p.exists() for p in cost_cache.FORWARD_CODE)
+    names = {p.name for p in cost_cache.FORWARD_CODE}
+    assert {"lean.py", "linear.py", "native.py", "kernels", "costs.py"} <= names
+    assert len(cost_cache.forward_code_key()) == 12

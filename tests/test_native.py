@@ -155,6 +155,21 @@ def test_tile_kernels_compute_each_row_alone(qtype, dtype):
     assert torch.equal(together, torch.cat([mm(x[i : i + 1], w) for i in range(12)]))
 
 
+@pytest.mark.parametrize("qtype", [T.Q4_K, T.Q6_K], ids=lambda t: t.name)
+@pytest.mark.parametrize("tiles", [False, True], ids=["rows", "tiles"])
+def test_prompt_chunks_run_every_pass_on_a_block_of_weights_and_keep_rows_alone(qtype, tiles):
+    """Over 8 rows, each thread runs all passes of 8 on ~256 KB of weights before the next
+    (ops.cpp): 1024 columns of K = 2048 are several blocks per thread. Rows stay alone."""
+    if tiles and (not native.available() or native.isa() != "avx512"):
+        pytest.skip("the tile kernels need AVX512-VNNI")
+    w, ref = tiled(qtype, 1024, 2048, seed=3) if tiles else weights(qtype, 1024, 2048, seed=3)
+    mm = native.op(TILED[qtype], tiled=True) if tiles else KERNELS[qtype][1]
+    x = torch.randn(21, 2048, generator=torch.Generator().manual_seed(2)) * 2
+    together = mm(x, w)
+    check_against_references(together, x, ref, qtype)
+    assert torch.equal(together, torch.cat([mm(x[i : i + 1], w) for i in range(21)]))
+
+
 @needs_avx512
 def test_tiles_need_whole_tiles_and_matching_shapes():
     w, _ = weights(T.Q4_K, 40, 256)

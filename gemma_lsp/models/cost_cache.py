@@ -17,20 +17,22 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ..engine import costs
 from ..engine.costs import CostCurve, measure
 from ..paths import models_dir, write_atomic
 from ..quant import lean
 from ..quant.linear import set_max_rows
 
-FORWARD_CODE = (Path(lean.__file__).parent, ("lean.py", "linear.py", "native.py", "kernels"))
+FORWARD_CODE = tuple(Path(lean.__file__).parent / n for n in ("lean.py", "linear.py", "native.py", "kernels")) + (
+    Path(costs.__file__),)
 
 
 def forward_code_key() -> str:
-    """A hash of the sources that set what a forward costs (quant/'s lean forward, Linears, kernels)."""
-    root, names = FORWARD_CODE
+    """A hash of the sources that set what a forward costs (quant/'s lean forward, Linears,
+    kernels) and what is measured of it (engine/costs.py's rows)."""
     h = hashlib.sha256()
-    for name in names:
-        for f in sorted((root / name).rglob("*")) if (root / name).is_dir() else [root / name]:
+    for path in FORWARD_CODE:
+        for f in sorted(path.rglob("*")) if path.is_dir() else [path]:
             if f.is_file():
                 h.update(f.name.encode() + f.read_bytes())
     return h.hexdigest()[:12]

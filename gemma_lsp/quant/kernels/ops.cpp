@@ -75,8 +75,13 @@ bool has_avx512() {
 
 bool use_512 = has_avx512();  // one choice per process: every forward runs the same kernels
 
+constexpr int64_t L2_WEIGHTS = 256 << 10;  // bytes of weights one thread keeps in L2 across the passes
+
 // Quantize x's rows, then run `table`'s kernel on each pass of up to MAX_ROWS rows over `units`
 // units of output (columns, or tiles of TN columns), split between threads in chunks of `grain`.
+// Each thread walks its units in blocks of ~L2_WEIGHTS bytes and runs every pass on a block
+// before the next: weights come from memory once per forward, not once per pass (a prompt
+// chunk of 128 rows is 16 passes). Each row's result is independent of the passes.
 template <typename T>
 at::Tensor run_typed(const at::Tensor& x, const at::Tensor& w, int64_t N, const Kernel<T>* table, const int* order,
                      int64_t units, int64_t grain) {
@@ -85,10 +90,14 @@ at::Tensor run_typed(const at::Tensor& x, const at::Tensor& w, int64_t N, const 
   at::Tensor out = at::empty({M, N}, x.options());
   T* o = out.data_ptr<T>();
   const uint8_t* W = w.data_ptr<uint8_t>();
-  for (int64_t m0 = 0; m0 < M; m0 += MAX_ROWS) {  // each row's result is independent of the passes
-    const Kernel<T> k = table[std::min<int64_t>(MAX_ROWS, M - m0) - 1];
-    at::parallel_for(0, units, grain, [&](int64_t u0, int64_t u1) { k(W, u0, u1, nb, rows, m0, o + m0 * N, N); });
-  }
+  const int64_t block = std::max<int64_t>(1, L2_WEIGHTS / std::max<int64_t>(1, w.numel() / units) / grain) * grain;
+  at::parallel_for(0, units, grain, [&](int64_t u0, int64_t u1) {
+    for (int64_t b0 = u0; b0 < u1; b0 += block) {
+      const int64_t b1 = std::min(u1, b0 + block);
+      for (int64_t m0 = 0; m0 < M; m0 += MAX_ROWS)
+        table[std::min<int64_t>(MAX_ROWS, M - m0) - 1](W, b0, b1, nb, rows, m0, o + m0 * N, N);
+    }
+  });
   return out;
 }
 
