@@ -82,3 +82,12 @@ def test_probes_come_back_when_acceptance_recovers():
     later_ms, later_tokens = decode(curve, lambda s: 0.0, steps=300)
     gain = ((tokens - later_tokens) / (ms - later_ms)) * curve[1]
     assert gain >= 1.5, gain  # after the drought, drafting pays again within the run
+
+
+def test_a_warm_up_chunk_is_as_narrow_as_costs_little_more_per_token():
+    """A request waits for the warm-up chunk it preempts: narrow where narrow is cheap."""
+    quant = CostCurve({1: 35, 8: 95, 17: 171, 32: 279, 64: 550, 128: 989}, 128)  # AMD EPYC, measured
+    assert quant.narrow_chunk() == 32  # 115 tok/s against 129 at 128 rows
+    dense = CostCurve({1: 260, 17: 338, 32: 521, 64: 821, 128: 1297})  # dense bf16: narrow is dear
+    assert dense.narrow_chunk() == 128
+    assert CostCurve({1: 35, 8: 95}, 8).narrow_chunk() == 128  # nothing measured that wide: the default

@@ -19,8 +19,8 @@ from .deferral import prompt_now
 from .request import Stats
 
 PREFILL_CHUNK = 256  # tokens per prefill forward: a cancel lands between chunks
-# A warm-up's chunks are smaller, so that a request preempting it waits less: a prompt
-# pass costs the same per token from 64 to 512 rows (measured, Xeon 2 cores: 151-167 tok/s).
+# A warm-up's chunks are smaller, so that a request preempting it waits less: as narrow as
+# the cost curve allows at little more cost per token (CostCurve.narrow_chunk), else this.
 WARM_CHUNK = 128
 RATE_MIN_TOKENS = 32  # a prompt chunk this long times the prompt pass's rate (narrower ones cost more per token)
 
@@ -99,7 +99,8 @@ class PromptPass:
         if (reused := self.cache.longest(prompt)) >= len(prompt) - 1:
             stats.reused_tokens = reused  # already there (a request just ran here): nothing to do
             return stats
-        cache, cached, _, _ = self._prefill(prompt, stop, stats, WARM_CHUNK)
+        chunk = self.cost.narrow_chunk(default=WARM_CHUNK) if self.cost is not None else WARM_CHUNK
+        cache, cached, _, _ = self._prefill(prompt, stop, stats, chunk)
         stats.prefill_ms = (time.perf_counter() - t0) * 1e3
         stats.tokens = len(cached) - stats.reused_tokens  # prompt tokens computed (less if preempted)
         self.cache.put(cached, cache, evict=False)
