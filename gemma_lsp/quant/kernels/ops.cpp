@@ -90,7 +90,8 @@ at::Tensor run_typed(const at::Tensor& x, const at::Tensor& w, int64_t N, const 
   at::Tensor out = at::empty({M, N}, x.options());
   T* o = out.data_ptr<T>();
   const uint8_t* W = w.data_ptr<uint8_t>();
-  const int64_t block = std::max<int64_t>(1, L2_WEIGHTS / std::max<int64_t>(1, w.numel() / units) / grain) * grain;
+  const int64_t block = M <= MAX_ROWS ? units  // one pass: a thread's columns in one call, as a decode step always ran
+                                      : std::max<int64_t>(1, L2_WEIGHTS / std::max<int64_t>(1, w.numel() / units) / grain) * grain;
   at::parallel_for(0, units, grain, [&](int64_t u0, int64_t u1) {
     for (int64_t b0 = u0; b0 < u1; b0 += block) {
       const int64_t b1 = std::min(u1, b0 + block);
